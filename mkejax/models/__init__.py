@@ -1,0 +1,9 @@
+"""Backbones (Llama / Qwen2 families as Flax NNX modules) and weight loading."""
+
+from mkejax.models.config import ConfigError, ModelConfig, RopeScaling
+from mkejax.models.llama import CausalLM, ForwardOutput, Injection, down_proj_path, init_random
+
+__all__ = [
+    "CausalLM", "ConfigError", "ForwardOutput", "Injection", "ModelConfig", "RopeScaling", "down_proj_path",
+    "init_random",
+]
