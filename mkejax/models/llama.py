@@ -279,3 +279,14 @@ def hf_name(path: tuple[Any, ...]) -> str:
 def down_proj_path(layer: int) -> str:
     """The HF name of a layer's MLP down-projection weight, the parameter MEMIT/AlphaEdit/ROME edit."""
     return f"model.layers.{layer}.mlp.down_proj.weight"
+
+
+def layer_deltas(tree: dict[str, Array]) -> dict[int, Array]:
+    """{HF down_proj weight name: ΔW} -> {layer: ΔW} for :meth:`CausalLM.forward`'s ``deltas``."""
+    out = {}
+    for name, delta in tree.items():
+        parts = name.split(".")
+        if len(parts) != 6 or parts[:2] != ["model", "layers"] or parts[3:] != ["mlp", "down_proj", "weight"]:
+            raise ValueError(f"forward deltas apply to mlp.down_proj weights only, got {name!r}")
+        out[int(parts[2])] = delta
+    return out
