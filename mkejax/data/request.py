@@ -9,8 +9,9 @@ FILE_TO_ISO = {"cz": "cs", "du": "nl"}
 ISO_TO_FILE = {v: k for k, v in FILE_TO_ISO.items()}
 LANGUAGES = ("en", "cs", "de", "es", "fr", "nl", "pt", "ru", "th", "tr", "vi", "zh")
 
-# Subject-location rules, in the order the policy tries them (see mkejax.data.subject).
-SUBJECT_RULES = ("exact", "normalized", "fuzzy", "last_token", "skip")
+# Subject-location rules, in the order the policy tries them (see mkejax.data.subject). "alias": the parallel
+# English subject found in a translated prompt (MzsRE keeps many names in Latin script, e.g. in Thai prompts).
+SUBJECT_RULES = ("exact", "normalized", "alias", "fuzzy", "last_token", "skip")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,9 +50,13 @@ class EditRequest:
         if self.subject_span is not None:
             start, end = self.subject_span
             if not 0 <= start < end <= len(self.prompt):
-                raise ValueError(f"request {self.lang}/{self.id}: subject_span {self.subject_span} outside prompt")
+                raise ValueError(
+                    f"request {self.lang}/{self.id}: subject_span {self.subject_span} outside prompt"
+                )
         elif self.subject_rule not in ("last_token", "skip"):
-            raise ValueError(f"request {self.lang}/{self.id}: rule {self.subject_rule!r} needs a subject_span")
+            raise ValueError(
+                f"request {self.lang}/{self.id}: rule {self.subject_rule!r} needs a subject_span"
+            )
 
     @property
     def edit_char(self) -> int:
