@@ -1,4 +1,4 @@
-"""Orbax artefacts: fingerprinted, integrity-checked, atomically written pytrees, and the run-directory layout.
+"""Orbax artefacts: fingerprinted, integrity-checked, atomically written pytrees (layout: `mkejax.runner`).
 
 Every expensive intermediate of an experiment (key statistics, per-language edit vectors, merged deltas and, on
 request, merged model parameters) is an *artefact*: a pytree of arrays written with Orbax plus a metadata file.
@@ -6,25 +6,11 @@ An artefact is reused only when its fingerprint (sha256 of the canonical JSON of
 matches, it is complete and its arrays read back with the recorded shapes, dtypes and checksums; anything else
 is logged ("recomputing: ...") and moved out of the way, so old and new results are never mixed.
 
-Run directory (an experiment's ``output_dir``)::
-
-    run_dir/
-      run.json                      experiment name, config hash, created time, history of config hashes
-      config.yaml                   the resolved config of the latest run
-      artefacts/
-        stats/layer<L>/             key second moment C_l [F, F] and its token count, per edited layer
-        edits/<lang>/               one language's edit vector {parameter path: delta} + diagnostics
-        merged/<variant>_<alpha>_<rank>/   a merged delta per merge variant (e.g. tsvm_shared), α and rank ratio
-        params/<variant>_<alpha>_<rank>/   full merged model parameters (only on request)
-      results/                      tidy scores (CSV, JSON)
-      plots/                        PNG figures
-      report.md                     the report, linking results/ and plots/
-
 Each artefact directory holds ``state/`` (Orbax ``StandardCheckpointer`` output), ``metadata.json`` and
 ``COMPLETED`` (written last). It is written into the hidden sibling ``.<name>.tmp`` and renamed into place, so a
-run killed mid-write leaves no artefact at the final path; a directory without ``COMPLETED`` is partial. A run
-directory made by a different experiment (another ``name``) is refused; a changed config of the same experiment
-keeps the directory and recomputes exactly the artefacts whose fingerprints changed.
+run killed mid-write leaves no artefact at the final path; a directory without ``COMPLETED`` is partial. Every
+leaf's shape, dtype and a position-weighted checksum of its bits are recorded, so silently damaged data (which
+Orbax/TensorStore would read back without complaint) is detected too.
 
 Artefact trees are nested dicts (string or integer keys), lists and tuples whose leaves are JAX arrays, NumPy
 arrays/scalars or Python numbers. JAX leaves come back as JAX arrays on the requested sharding, NumPy leaves as
@@ -178,25 +164,13 @@ def _describe(tree: Any) -> tuple[dict, list[_Leaf], list[Any]]:
     def visit(node, path: str, storage: tuple[str, ...]):
         if isinstance(node, dict):
             items = []
-            seen: dict[str, Any] = {}
             for key in sorted(node, key=lambda k: (isinstance(k, str), k)):
                 if isinstance(key, bool) or not isinstance(key, (str, int)) or key == "":
                     raise ArtefactError(
-                        f"artefact tree: key {key!r} at {path or '<root>'} is not a non-empty str/int"
+                        f"artefact tree: key {key!r} at {path or '<root>'} is not a str or int"
                     )
-                if str(key) in seen:
-                    raise ArtefactError(
-                        f"artefact tree: keys {seen[str(key)]!r} and {key!r} at {path} collide"
-                    )
-                seen[str(key)] = key
-                sub = f"{path}.{key}" if path else str(key)
-                items.append(
-                    [
-                        str(key),
-                        "int" if isinstance(key, int) else "str",
-                        visit(node[key], sub, (*storage, str(key))),
-                    ]
-                )
+                sub = visit(node[key], f"{path}.{key}" if path else str(key), (*storage, str(key)))
+                items.append([str(key), "int" if isinstance(key, int) else "str", sub])
             return {"dict": items}
         if isinstance(node, (list, tuple)) and type(node) in (list, tuple):
             kind = "list" if isinstance(node, list) else "tuple"
@@ -574,8 +548,8 @@ class ArtefactStore:
 
     def path(self, name: str) -> pathlib.Path:
         """The directory of artefact ``name`` ("stats/layer4", "edits/de", ...)."""
-        parts = pathlib.PurePosixPath(name).parts
-        if not parts or name.startswith("/") or any(p in ("", ".", "..") or p.startswith(".") for p in parts):
+        parts = name.split("/")
+        if any(p in ("", ".", "..") or p.startswith(".") for p in parts):
             raise ValueError(
                 f"artefact name {name!r} must be a relative path without '.', '..' or hidden parts"
             )
