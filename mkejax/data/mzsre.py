@@ -129,22 +129,26 @@ def read_records(path: pathlib.Path) -> list[dict]:
     path = pathlib.Path(path)
     if not path.is_file():
         raise DataError("file not found", file=str(path))
-    try:
-        ds = datasets.load_dataset("json", data_files=str(path), split="train")
-        return ds.to_list()
-    except Exception as e:  # datasets wraps parser errors in several exception types; diagnose them ourselves
-        text = path.read_text(encoding="utf-8", errors="replace")
+    with open(path, "rb") as f:
+        opens_list = f.read(4096).lstrip().startswith(b"[")  # datasets would also read a JSON-lines file
+    error: Exception | None = None
+    if opens_list:
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            record, why = _locate_bad_record(text)
-            raise DataError(why, file=str(path), record=record) from e
-        if not isinstance(data, list):
-            raise DataError(
-                f"expected a JSON list of records, got {type(data).__name__}", file=str(path)
-            ) from e
-        # Valid JSON that datasets cannot tabulate (mixed types): validate it directly for a precise message.
-        return data
+            return datasets.load_dataset("json", data_files=str(path), split="train").to_list()
+        except Exception as e:  # noqa: BLE001 (datasets wraps parser errors in many types; diagnosed below)
+            error = e
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        record, why = _locate_bad_record(text)
+        raise DataError(why, file=str(path), record=record) from error
+    if not isinstance(data, list):
+        raise DataError(
+            f"expected a JSON list of records, got {type(data).__name__}", file=str(path)
+        ) from error
+    # Valid JSON that datasets cannot tabulate (mixed types): validated record by record by the caller.
+    return data
 
 
 def _text(value, *, file: str, record: int, lang: str, field: str) -> str:
@@ -196,10 +200,9 @@ def parse_records(records: Sequence, file: str, languages: Sequence[str]) -> dic
                 raise DataError(f"expected an object, got {type(port).__name__}", field=PORTABILITY, **where)
             p = {f: _text(port.get(f), field=f"{PORTABILITY}.{f}", **where) for f in PORTABILITY_FIELDS}
             loc = v["loc"]
-            if loc.lower().startswith(
-                NQ_PREFIX
-            ):  # English NQ questions carry the prefix; it is not the question
-                loc = _text(loc[len(NQ_PREFIX) :], field="loc", **where)
+            prefix = NQ_PREFIX.rstrip()  # English NQ questions carry "nq question: "; it is not the question
+            if loc.lower().startswith(prefix):
+                loc = _text(loc[len(prefix) :], field="loc", **where)
             out[lang].append(
                 {
                     "id": i,
