@@ -1,0 +1,17 @@
+"""Mean merge: (α / L) Σ_l ΔW_l (Lee et al. 2026, arXiv 2605.13919)."""
+
+from __future__ import annotations
+
+from mkejax.merge.registry import MergeFn, check_alpha, map_leaves, num_languages, register
+
+
+@register("mean")
+def mean_merge(*, alpha: float = 1.0) -> MergeFn:
+    """The average over languages of the per-language deltas, times ``alpha`` (> 0)."""
+    alpha = check_alpha(alpha)
+
+    def merge(deltas):
+        count = num_languages(deltas, "mean")
+        return map_leaves(lambda d: (alpha / count) * d.sum(axis=0), deltas)  # [L, ...] -> [...]
+
+    return merge

@@ -1,0 +1,17 @@
+"""Sum merge: α Σ_l ΔW_l (Lee et al. 2026, arXiv 2605.13919)."""
+
+from __future__ import annotations
+
+from mkejax.merge.registry import MergeFn, check_alpha, map_leaves, num_languages, register
+
+
+@register("sum")
+def sum_merge(*, alpha: float = 1.0) -> MergeFn:
+    """Σ over languages of the per-language deltas, times ``alpha`` (> 0)."""
+    alpha = check_alpha(alpha)
+
+    def merge(deltas):
+        num_languages(deltas, "sum")
+        return map_leaves(lambda d: alpha * d.sum(axis=0), deltas)  # [L, ...] -> [...]
+
+    return merge
