@@ -1,0 +1,176 @@
+"""Per-language solves: own vs shared covariance, masking, chunking, and 12 languages on 8 simulated devices."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from mkejax.edit.multilingual import solve_languages
+from mkejax.edit.solvers import nullspace_projection, solve_alphaedit, solve_memit
+from mkejax.merge import merge
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+L, D_IN, D_OUT, N = 4, 20, 12, 3
+TOL = 1e-5
+LAM, L2 = 2.0, 1.5
+
+
+def rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def make(seed=0, langs=L, d_in=D_IN, d_out=D_OUT, n=N):
+    rng = np.random.default_rng(seed)
+    K = rng.normal(size=(langs, d_in, n)).astype(np.float32)
+    R = rng.normal(size=(langs, d_out, n)).astype(np.float32)
+    X = rng.normal(size=(d_in, 4 * d_in))
+    C = (X @ X.T / (4 * d_in) + 0.05 * np.eye(d_in)).astype(np.float32)
+    P = np.asarray(nullspace_projection(C, float(np.median(np.linalg.eigvalsh(C)))))
+    return rng, K, R, C, P
+
+
+def solve(method, K, R, C, P, **kw):
+    return solve_languages(method, K, R, C=C, P=P, lam=LAM, l2=L2, **kw)
+
+
+def single(method, K, R, C, P, gram=None):
+    if method == "memit":
+        return np.asarray(solve_memit(K, R, C, lam=LAM, gram=gram))
+    return np.asarray(solve_alphaedit(K, R, P, l2=L2, gram=gram))
+
+
+def joint(K):
+    return np.concatenate(list(K), axis=1)  # [L, d, n] -> [d, L·n]
+
+
+@pytest.mark.parametrize("method", ["memit", "alphaedit"])
+def test_shared_sum_equals_joint_solve_and_differs_from_own(method):
+    _, K, R, C, P = make()
+    shared = solve(method, K, R, C, P, shared=True)
+    own = solve(method, K, R, C, P, shared=False)
+    expected = single(method, joint(K), joint(R), C, P)
+    summed = merge({"w": shared}, "sum", alpha=1.0)["w"]
+    assert rel(summed, expected) <= TOL
+    assert rel(merge({"w": own}, "sum")["w"], expected) > 1e-2
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("method", ["memit", "alphaedit"])
+def test_each_language_equals_its_single_solve(method, shared):
+    _, K, R, C, P = make(1)
+    got = solve(method, K, R, C, P, shared=shared)
+    assert got.shape == (L, D_OUT, D_IN) and got.dtype == np.float32
+    total = sum(K[m] @ K[m].T for m in range(L))
+    for lang in range(L):
+        others = (total - K[lang] @ K[lang].T) if shared else None  # gram for l = Σ_{m≠l} K_m K_mᵀ
+        assert rel(got[lang], single(method, K[lang], R[lang], C, P, others)) <= TOL
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("method", ["memit", "alphaedit"])
+def test_masking_a_request_equals_dropping_it(method, shared):
+    _, K, R, C, P = make(2, n=4)
+    mask = np.ones((L, 4), bool)
+    mask[1, 2] = mask[3, 0] = False
+    got = solve(method, K, R, C, P, shared=shared, mask=mask)
+    kept = [(K[m][:, mask[m]], R[m][:, mask[m]]) for m in range(L)]
+    total = sum(k @ k.T for k, _ in kept)
+    for lang, (k, r) in enumerate(kept):
+        assert rel(got[lang], single(method, k, r, C, P, (total - k @ k.T) if shared else None)) <= TOL
+    # A fully masked language contributes nothing: a zero delta and no change to the others.
+    dummy = np.concatenate([mask, np.zeros((1, 4), bool)])
+    padded = solve(
+        method, np.concatenate([K, K[:1]]), np.concatenate([R, R[:1]]), C, P, shared=shared, mask=dummy
+    )
+    assert np.abs(np.asarray(padded[L])).max() == 0
+    assert rel(padded[:L], got) <= TOL
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_chunked_languages_and_extra_gram(shared):
+    rng, K, R, C, P = make(3)
+    G = rng.normal(size=(L, D_IN, D_IN))
+    G = np.einsum("lij,lkj->lik", G, G).astype(np.float32) / D_IN  # per-language PSD Gram terms
+    full = solve("memit", K, R, C, P, shared=shared, extra_gram=G)
+    chunked = solve("memit", K, R, C, P, shared=shared, extra_gram=G, lang_batch=3)
+    assert rel(chunked, full) <= TOL
+    total = sum(K[m] @ K[m].T for m in range(L))
+    for lang in range(L):
+        gram = G[lang] + ((total - K[lang] @ K[lang].T) if shared else 0)
+        assert rel(full[lang], single("memit", K[lang], R[lang], C, P, gram)) <= TOL
+
+
+def test_bad_inputs():
+    _, K, R, C, P = make(4)
+    with pytest.raises(ValueError, match="valid: memit, alphaedit"):
+        solve_languages("rome", K, R, C=C, lam=1.0, shared=False)
+    with pytest.raises(ValueError, match="needs C and lam"):
+        solve_languages("memit", K, R, P=P, l2=1.0, shared=False)
+    with pytest.raises(ValueError, match="mask must have shape"):
+        solve("memit", K, R, C, P, shared=False, mask=np.ones((L, N + 1), bool))
+    with pytest.raises(ValueError, match="lam must be >= 0"):
+        solve_languages("memit", K, R, C=C, lam=-1.0, shared=False)
+    with pytest.raises(ValueError, match="no 'lang' axis"):
+        from jax.sharding import Mesh
+
+        solve("memit", K, R, C, P, shared=False, mesh=Mesh(np.array(__import__("jax").devices()[:1]), ("x",)))
+    # A singular system is refused, naming the languages: C = 0 and n < d_in leaves K Kᵀ singular.
+    with pytest.raises(ValueError, match=r"languages \['de', 'fr', 'es', 'zh'\]"):
+        solve_languages("memit", K, R, C=0 * C, lam=1.0, shared=False, names=["de", "fr", "es", "zh"])
+
+
+MULTIDEVICE = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import jax
+    assert jax.device_count() == 8, jax.devices()
+    from mkejax.edit.multilingual import solve_languages
+    from mkejax.sharding import LANG, DATA, make_mesh
+    data = np.load(sys.argv[1])
+    out = {}
+    runs = [({LANG: 8}, m, s) for m in ("memit", "alphaedit") for s in (False, True)]
+    runs.append(({LANG: 4, DATA: 2}, "memit", True))  # other mesh axes present: the lang axis still splits
+    for shape, method, shared in runs:
+        mesh = make_mesh(shape)
+        if True:
+            if True:
+                got = solve_languages(method, data["K"], data["R"], C=data["C"], P=data["P"], lam=2.0, l2=1.5,
+                                      shared=shared, mask=data["mask"], mesh=mesh)
+                assert got.shape == data["K"].shape[:1] + (data["R"].shape[1], data["K"].shape[1]), got.shape
+                out[f"{mesh.shape[LANG]}-{method}-{shared}"] = np.asarray(got)
+    np.savez(sys.argv[2], **out)
+    """
+)
+
+
+@pytest.mark.multidevice
+def test_twelve_languages_on_eight_devices_equal_one_device(tmp_path):
+    _, K, R, C, P = make(5, langs=12, d_in=16, d_out=8, n=5)
+    mask = np.random.default_rng(6).random((12, 5)) > 0.2
+    np.savez(tmp_path / "in.npz", K=K, R=R, C=C, P=P, mask=mask)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, "-c", MULTIDEVICE, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+        check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = np.load(tmp_path / "out.npz")
+    assert len(out.files) == 5
+    for key in out.files:
+        _, method, shared = key.split("-")
+        expected = solve(method, K, R, C, P, shared=shared == "True", mask=mask)
+        assert rel(out[key], expected) <= TOL, key
