@@ -408,31 +408,63 @@ def _discard(path: pathlib.Path, reason: str, *, keep: bool) -> None:
     barrier(f"mkejax-discard:{path}")
 
 
-def _restore_target(records: list[_Leaf], sharding: Any, skeleton: dict) -> list[Any]:
+def _leaf_shardings(skeleton: dict, n: int, sharding: Any, default: Any) -> list[Any]:
+    """One sharding per leaf from ``sharding``: a Sharding for all, None for ``default``, or a (partial) tree of
+    them shaped like the artefact tree (missing dict keys and None get ``default``).
+
+    Raises:
+      ValueError: the tree names keys or positions the artefact does not have.
+    """
+    if sharding is None or isinstance(sharding, jax.sharding.Sharding):
+        return [default if sharding is None else sharding] * n
+    out = [default] * n
+
+    def walk(skel, sh, where):
+        ((kind, body),) = skel.items()
+        if sh is None or isinstance(sh, jax.sharding.Sharding):
+            for i in _leaf_indices(skel):
+                out[i] = default if sh is None else sh
+        elif kind == "dict" and isinstance(sh, Mapping):
+            keys = {k: (int(k) if t == "int" else k) for k, t, _ in body}
+            extra = set(sh) - set(keys.values())
+            if extra:
+                raise ValueError(
+                    f"sharding tree: keys {sorted(map(str, extra))} at {where} not in the artefact"
+                )
+            for k, _, sub in body:
+                walk(sub, sh.get(keys[k]), f"{where}.{k}")
+        elif kind in ("list", "tuple") and isinstance(sh, (list, tuple)) and len(sh) == len(body):
+            for i, (sub, s) in enumerate(zip(body, sh)):
+                walk(sub, s, f"{where}[{i}]")
+        else:
+            raise ValueError(
+                f"sharding tree: {type(sh).__name__} at {where} does not match the artefact's {kind}"
+            )
+
+    walk(skeleton, sharding, "<root>")
+    return out
+
+
+def _leaf_indices(skeleton: dict) -> list[int]:
+    ((kind, body),) = skeleton.items()
+    if kind == "leaf":
+        return [body]
+    if kind == "none":
+        return []
+    subs = [sub for _, _, sub in body] if kind == "dict" else body
+    return [i for sub in subs for i in _leaf_indices(sub)]
+
+
+def _restore_targets(records: list[_Leaf], shardings: list[Any]) -> list[Any]:
     """Per-leaf restore targets: ShapeDtypeStruct on a sharding for JAX leaves, empty NumPy arrays otherwise."""
-    default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    if sharding is None:
-        shardings = [default] * len(records)
-    elif isinstance(sharding, jax.sharding.Sharding):
-        shardings = [sharding] * len(records)
-    else:  # a pytree of shardings: the artefact tree or a prefix of it (None = default)
-        index_tree = _rebuild(skeleton, list(range(len(records))))
-        shardings = [default] * len(records)
-
-        def assign(s, sub):
-            for i in jax.tree.leaves(sub):
-                shardings[i] = default if s is None else s
-
-        jax.tree.map(
-            assign, sharding, index_tree, is_leaf=lambda x: x is None or isinstance(x, jax.sharding.Sharding)
-        )
     out = []
     for rec, s in zip(records, shardings):
         dtype = jnp.dtype(rec.dtype)
-        if rec.kind == "jax":
-            out.append(jax.ShapeDtypeStruct(rec.shape, dtype, sharding=s))
-        else:
-            out.append(np.empty(rec.shape, dtype))
+        out.append(
+            jax.ShapeDtypeStruct(rec.shape, dtype, sharding=s)
+            if rec.kind == "jax"
+            else np.empty(rec.shape, dtype)
+        )
     return out
 
 
@@ -465,6 +497,10 @@ def _load(path, fingerprint_, sharding, settings=None) -> tuple[tuple[Any, dict]
         logger.info("recomputing: %s: %s", path, why)
         _discard(path, why, keep=False)
         return None, "stale"
+    default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shardings = _leaf_shardings(
+        tree_meta["skeleton"], len(records), sharding, default
+    )  # user errors raise here
     try:
         with _checkpointer() as ckpt:
             stored = ckpt.metadata((path / STATE).resolve())
@@ -475,7 +511,7 @@ def _load(path, fingerprint_, sharding, settings=None) -> tuple[tuple[Any, dict]
                     raise ValueError(
                         f"leaf {rec.path}: stored {tuple(m.shape)} {m.dtype}, metadata says {rec.shape} {rec.dtype}"
                     )
-            targets = _restore_target(records, sharding, tree_meta["skeleton"])
+            targets = _restore_targets(records, shardings)
             restored = ckpt.restore((path / STATE).resolve(), _nest(records, targets))
         values = [_pick(restored, rec.storage) for rec in records]
         sums, _ = _integrity(values)
@@ -591,9 +627,7 @@ class ArtefactStore:
         else:
             if reason != "absent":
                 log(f"recomputing: {name} ({reason})")
-            tree = compute_fn()
-            if sharding is not None:
-                tree = _place(tree, sharding)
+            tree = _place(compute_fn(), sharding)
             meta = {"name": name, "fingerprint": fp, "settings": settings, "config_hash": self.config_hash}
             save_artefact(path, tree, metadata={**(metadata or {}), **meta})
             log(f"{name}: computed and saved (fingerprint {fp[:12]})")
@@ -618,15 +652,14 @@ class ArtefactStore:
 
 
 def _place(tree: Any, sharding: Any) -> Any:
-    """Puts the JAX leaves of ``tree`` on ``sharding`` (one sharding or a prefix pytree of them)."""
-
-    def put(s, sub):
-        return jax.tree.map(
-            lambda x: jax.device_put(x, s) if isinstance(x, jax.Array) and s is not None else x, sub
-        )
-
-    if isinstance(sharding, jax.sharding.Sharding):
-        return put(sharding, tree)
-    return jax.tree.map(
-        put, sharding, tree, is_leaf=lambda x: x is None or isinstance(x, jax.sharding.Sharding)
-    )
+    """``tree`` as :func:`load_artefact` returns it: JAX leaves on ``sharding`` (kept where they are for None),
+    NumPy scalars as 0-d arrays, Python numbers as they are."""
+    skeleton, records, values = _describe(tree)
+    shardings = _leaf_shardings(skeleton, len(records), sharding, None)
+    leaves = [
+        (v if s is None else jax.device_put(v, s))
+        if r.kind == "jax"
+        else (v.item() if r.kind == "python" else v)
+        for r, v, s in zip(records, values, shardings)
+    ]
+    return _rebuild(skeleton, leaves)

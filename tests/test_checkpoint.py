@@ -290,3 +290,14 @@ def test_restore_into_a_different_sharding_on_8_devices(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.strip().endswith("OK")
+
+
+def test_a_mismatched_sharding_tree_is_an_error_not_corruption(tmp_path):
+    save_artefact(tmp_path / "a", {"w": jnp.ones(2), "v": [jnp.zeros(1)]}, metadata={})
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    with pytest.raises(ValueError, match=r"keys \['x'\] at <root> not in the artefact"):
+        load_artefact(tmp_path / "a", sharding={"x": device})
+    with pytest.raises(ValueError, match=r"dict at <root>\.v does not match the artefact's list"):
+        load_artefact(tmp_path / "a", sharding={"v": {"y": device}})
+    tree, _ = load_artefact(tmp_path / "a", sharding={"w": device})  # partial trees are fine; still intact
+    assert tree["w"].sharding == device and tree["v"][0].shape == (1,)
