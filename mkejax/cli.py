@@ -70,44 +70,11 @@ def cmd_config(args) -> int:
     return 0
 
 
-def greedy_completion(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
-    """Greedy decoding of ``max_new_tokens`` tokens after ``prompt`` (stops at EOS); returns the new text.
-
-    One jitted forward over a fixed-length buffer [1, T] per new token (no KV cache; prompt tokens first, the
-    rest masked), so it compiles once; fine for a short completion check, not for bulk generation.
-    """
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from flax import nnx
-
-    ids = list(tokenizer(prompt)["input_ids"])
-    n, total = len(ids), len(ids) + max_new_tokens
-    buf = np.zeros((1, total), np.int32)  # [1, T]
-    mask = np.zeros((1, total), np.int32)  # [1, T]
-    buf[0, :n], mask[0, :n] = ids, 1
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def next_token(state, buf, mask, pos):
-        logits = nnx.merge(graphdef, state)(buf, mask)  # [1, T, V]; causal, so later slots do not matter
-        return jnp.argmax(logits[0, pos - 1])
-
-    eos = tokenizer.eos_token_id
-    new: list[int] = []
-    for pos in range(n, total):
-        tok = int(next_token(state, buf, mask, pos))
-        if eos is not None and tok == eos:
-            break
-        buf[0, pos], mask[0, pos] = tok, 1
-        new.append(tok)
-    return tokenizer.decode(new, skip_special_tokens=True)
-
-
 def cmd_generate(args) -> int:
     """Loads a model and prints the prompt with its greedy completion."""
     from mkejax.distributed import maybe_initialize
     from mkejax.models import load_model, load_tokenizer
+    from mkejax.models.generate import generate_greedy
 
     maybe_initialize()
     start = time.perf_counter()
@@ -116,7 +83,7 @@ def cmd_generate(args) -> int:
     logger.info("loaded %s (%s) in %.1f s", args.model, args.dtype, time.perf_counter() - start)
     prompt = " ".join(args.prompt) or DEFAULT_PROMPT
     start = time.perf_counter()
-    completion = greedy_completion(model, tokenizer, prompt, args.max_new_tokens)
+    (completion,) = generate_greedy(model, tokenizer, [prompt], max_new_tokens=args.max_new_tokens)
     logger.info("generated in %.1f s", time.perf_counter() - start)
     print(prompt + completion)
     return 0
