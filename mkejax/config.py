@@ -40,10 +40,13 @@ from mkejax.data.subject import SubjectPolicy
 from mkejax.sharding import AXES
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
-MERGE_METHODS = ("sum", "mean", "tsvm", "ties", "task_arithmetic")
-EDIT_METHODS = ("memit", "alphaedit", "rome")
-PROTOCOLS = ("pre_edit", "merged", "cross_lingual")
-DTYPES = ("float32", "bfloat16", "float16")
+MergeMethod = Literal["sum", "mean", "tsvm", "ties", "task_arithmetic"]
+EditMethod = Literal["memit", "alphaedit", "rome"]
+Protocol = Literal["pre_edit", "merged", "cross_lingual"]
+Dtype = Literal["float32", "bfloat16", "float16"]
+MERGE_METHODS, EDIT_METHODS, PROTOCOLS, DTYPES = (
+    typing.get_args(t) for t in (MergeMethod, EditMethod, Protocol, Dtype)
+)
 
 
 class ExperimentConfigError(ValueError):
@@ -82,7 +85,7 @@ class ModelSection:
     """
 
     source: str
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Dtype = "float32"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,7 +173,7 @@ class EditSection:
       overrides: hyperparameter fields replacing the preset's (e.g. ``{mom2_update_weight: 20000}``).
     """
 
-    method: Literal["memit", "alphaedit", "rome"]
+    method: EditMethod
     preset: str
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -185,7 +188,7 @@ class EditSection:
 class MergeVariant:
     """One merge: ``method`` over the per-language edit vectors, solved with own or shared covariance."""
 
-    method: Literal["sum", "mean", "tsvm", "ties", "task_arithmetic"]
+    method: MergeMethod
     shared_cov: bool = False
 
     @property
@@ -235,7 +238,7 @@ class EvaluationSection:
     """Evaluation protocols: ``pre_edit`` (the unedited model), ``merged`` (each merged edit in every language),
     ``cross_lingual`` (each language's edit alone, tested in every language: the L x L matrix)."""
 
-    protocols: tuple[Literal["pre_edit", "merged", "cross_lingual"], ...] = ("pre_edit", "merged")
+    protocols: tuple[Protocol, ...] = ("pre_edit", "merged")
     batch_size: int = 32
 
     def __post_init__(self):

@@ -233,3 +233,13 @@ def test_run_dir_refuses_foreign_directories(tmp_path):
     (tmp_path / "run" / "run.json").write_text(json.dumps({"oops": 1}))
     with pytest.raises(RunDirError, match="unreadable run record"):
         prepare_run_dir(_cfg(tmp_path))
+
+
+def test_merge_methods_match_the_registry():
+    import typing
+
+    from mkejax.config import MERGE_METHODS
+    from mkejax.merge import available
+
+    assert set(MERGE_METHODS) == set(available())
+    assert set(typing.get_args(typing.get_type_hints(MergeVariant)["method"])) == set(MERGE_METHODS)
