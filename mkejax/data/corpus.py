@@ -311,19 +311,25 @@ class Corpus:
         weights = np.ones(len(spec.languages)) if spec.weights is None else np.asarray(spec.weights, float)
         active = [i for i, w in enumerate(weights) if w > 0]
         epochs = dict.fromkeys(active, 0)
+        served = dict.fromkeys(active, 0)  # documents served in the current epoch
         streams = {i: self._stream(spec.languages[i], seed, 0) for i in active}
         rng = np.random.default_rng([seed, 1_000_003])
         while active:
             p = weights[active] / weights[active].sum()
             i = active[int(rng.choice(len(active), p=p))] if len(active) > 1 else active[0]
             try:
-                yield spec.languages[i], next(streams[i])
+                text = next(streams[i])
             except StopIteration:
-                if spec.repeat and epochs[i] < 1_000_000:
-                    epochs[i] += 1
+                if served[i] == 0:  # an empty epoch: repeating would loop forever
+                    raise CorpusError("no documents", file=spec.name, lang=spec.languages[i]) from None
+                if spec.repeat:
+                    epochs[i], served[i] = epochs[i] + 1, 0
                     streams[i] = self._stream(spec.languages[i], seed, epochs[i])
                 else:
                     active.remove(i)
+                continue
+            served[i] += 1
+            yield spec.languages[i], text
 
     def token_batches(
         self,

@@ -144,6 +144,11 @@ def test_jsonl_tsv_and_errors(tmp_path):
         load_corpus(CorpusSpec(kind="files", languages=("en",), paths=(str(tmp_path / "c.txt"),),
                                tsv_column=1)).documents("en")  # fmt: skip
     assert info.value.record == 1
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    with pytest.raises(CorpusError, match="no documents"):
+        load_corpus(
+            CorpusSpec(kind="files", languages=("en",), paths=(str(tmp_path / "blank.txt"),))
+        ).documents("en")
     with pytest.raises(CorpusError, match="no file matches") as info:
         load_corpus(CorpusSpec(kind="files", languages=("en",), paths=(str(tmp_path / "nothing*.txt"),)))
 

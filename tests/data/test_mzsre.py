@@ -7,7 +7,8 @@ import json
 import pytest
 
 from mkejax.data import LANGUAGES, SUBJECT_RULES, DataError, coverage_table, load_mzsre, mzsre_dataset
-from mkejax.data.mzsre import FILE_CODES, MZSRE_FILES, NQ_PREFIX, iso_code, resolve_source
+from mkejax.data.cache import OFFLINE_ENV, download
+from mkejax.data.mzsre import FILE_CODES, GIT_BLOB_SHA1, MZSRE_FILES, NQ_PREFIX, iso_code, resolve_source
 from mkejax.data.subject import SubjectPolicy
 
 # Verbatim subjects among the first 700 records (issue 3; counted independently with `subject in src`).
@@ -117,3 +118,27 @@ def test_unknown_language_and_offline_download(tmp_path, monkeypatch):
     monkeypatch.setenv("MKEJAX_OFFLINE", "1")
     with pytest.raises(DataError, match="offline mode is set"):
         resolve_source("github", ["de"])
+
+
+def test_download_verifies_git_blob_and_is_atomic(shared_data, tmp_path, monkeypatch):
+    """The download path with a file:// URL: the pinned git blob id of each file is checked before renaming."""
+    for key in OFFLINE_ENV:
+        monkeypatch.delenv(key, raising=False)
+    url = (shared_data / "mzsre" / MZSRE_FILES["de"]).resolve().as_uri()
+    dest = tmp_path / "cache" / MZSRE_FILES["de"]
+    with pytest.raises(DataError, match="does not match git blob"):
+        download(url, dest, git_sha1=GIT_BLOB_SHA1["cz"])
+    assert not dest.parent.exists() or not any(dest.parent.iterdir())  # nothing half-written left behind
+    assert (
+        download(url, dest, git_sha1=GIT_BLOB_SHA1["de"]) == dest
+        and dest.read_bytes() == (shared_data / "mzsre" / MZSRE_FILES["de"]).read_bytes()
+    )
+
+
+def test_pinned_blob_ids_match_shared_files(shared_data):
+    from mkejax.data.cache import git_blob_sha1
+
+    for code in FILE_CODES:
+        assert (
+            git_blob_sha1((shared_data / "mzsre" / MZSRE_FILES[code]).read_bytes()) == GIT_BLOB_SHA1[code]
+        ), code
