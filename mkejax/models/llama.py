@@ -144,7 +144,7 @@ class Injection:
 
     positions: Array  # [B] int
     vectors: Array  # [B, D]
-    layer: int = dataclasses.field(metadata=dict(static=True))
+    layer: int = dataclasses.field(metadata={"static": True})
 
 
 @jax.tree_util.register_dataclass

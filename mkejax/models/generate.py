@@ -1,0 +1,154 @@
+"""Batched text generation (greedy or sampled) with fixed shapes under one ``jax.jit``.
+
+Prompts are left-padded to a common length (rounded up to a multiple of ``pad_multiple`` so that prompts of
+similar length share one compiled program) and ``max_new_tokens`` slots are appended. Every step runs the full
+causal forward over the fixed-size buffer (no KV cache: generations here are short, e.g. the demo completion and
+MEMIT's context templates of 10 tokens) and reads the hidden state at the last filled slot; causal masking makes
+the empty slots after it irrelevant. Position ids count from each row's first real token, as transformers'
+``generate`` passes them. Rows stop at an end-of-sequence token and are filled with the pad token afterwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mkejax.models.llama import CausalLM
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+    """Generated continuations of a batch of prompts."""
+
+    texts: list[str]  # decoded new tokens up to (without) the end-of-sequence token, special tokens skipped
+    token_ids: np.ndarray  # [B, N] new token ids; after a row's end-of-sequence token: the pad id
+    lengths: np.ndarray  # [B] new tokens per row, counting the end-of-sequence token when one was produced
+
+
+def generate(
+    model: CausalLM,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 16,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    key: jax.Array | None = None,
+    pad_multiple: int = 16,
+) -> Generation:
+    """Continues each prompt by up to ``max_new_tokens`` tokens.
+
+    Args:
+      model: the language model.
+      tokenizer: its transformers tokenizer (special tokens such as BOS are added as the tokenizer does).
+      prompts: the texts to continue.
+      max_new_tokens: the number of generation steps.
+      temperature: 0 for greedy decoding (argmax); > 0 samples from softmax(logits / temperature).
+      top_k: when sampling, sample among the ``top_k`` most likely tokens only (MEMIT's context templates use 5).
+      key: PRNG key, required when sampling.
+      pad_multiple: the prompt length is rounded up to a multiple of this (fewer recompilations).
+
+    Returns:
+      :class:`Generation` with the texts, token ids and lengths.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    sample = temperature > 0
+    if sample and key is None:
+        raise ValueError("sampling (temperature > 0) needs a PRNG key")
+    if top_k is not None and not 0 < top_k <= model.config.vocab_size:
+        raise ValueError(f"top_k must be in 1..{model.config.vocab_size}, got {top_k}")
+    if isinstance(prompts, str) or not prompts:
+        raise ValueError("prompts must be a non-empty sequence of strings")
+    eos = sorted(set(model.config.eos_token_ids) | ({tokenizer.eos_token_id} - {None}))
+    pad = next(t for t in (tokenizer.pad_token_id, *eos, 0) if t is not None)
+    enc = tokenizer(list(prompts), padding=True, padding_side="left", return_tensors="np")
+    ids, mask = enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)  # [B, P]
+    extra = -ids.shape[1] % pad_multiple
+    ids = np.pad(ids, ((0, 0), (extra, 0)), constant_values=pad)
+    mask = np.pad(mask, ((0, 0), (extra, 0)))
+    graphdef, state = nnx.split(model)
+    new = _decode(
+        graphdef,
+        state,
+        jnp.asarray(ids),
+        jnp.asarray(mask),
+        key if sample else jax.random.key(0),
+        jnp.asarray(eos if eos else [-1], jnp.int32),
+        jnp.float32(temperature if sample else 1.0),
+        steps=max_new_tokens,
+        pad=int(pad),
+        sample=sample,
+        top_k=top_k,
+    )
+    new = np.asarray(new)  # [B, N]
+    is_eos = np.isin(new, eos)
+    first = np.where(is_eos.any(1), is_eos.argmax(1), new.shape[1])  # [B] index of the first EOS (or N)
+    lengths = np.minimum(first + 1, new.shape[1])
+    new = np.where(np.arange(new.shape[1])[None] > first[:, None], pad, new)
+    texts = [tokenizer.decode(row[:f], skip_special_tokens=True) for row, f in zip(new, first)]
+    return Generation(texts=texts, token_ids=new, lengths=lengths)
+
+
+def generate_greedy(
+    model: CausalLM, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 16, return_ids: bool = False
+) -> list[str] | Generation:
+    """Greedy continuations of ``prompts`` (texts; with ``return_ids`` the full :class:`Generation`)."""
+    out = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
+    return out if return_ids else out.texts
+
+
+@partial(jax.jit, static_argnames=("graphdef", "steps", "pad", "sample", "top_k"))
+def _decode(
+    graphdef,
+    state,
+    ids,
+    mask,
+    key,
+    eos,
+    temperature,
+    *,
+    steps: int,
+    pad: int,
+    sample: bool,
+    top_k: int | None,
+):
+    model = nnx.merge(graphdef, state)
+    b, p = ids.shape
+    last_layer = model.config.num_hidden_layers - 1
+    buf = jnp.concatenate([ids, jnp.full((b, steps), pad, ids.dtype)], axis=1)  # [B, P+N]
+    buf_mask = jnp.concatenate([mask, jnp.zeros((b, steps), mask.dtype)], axis=1)  # [B, P+N]
+
+    def step(i, carry):
+        buf, buf_mask, done, key = carry
+        out = model.forward(buf, buf_mask, stop_layer=last_layer, return_hidden_after=last_layer)
+        h = jax.lax.dynamic_index_in_dim(out.hidden, p + i - 1, axis=1, keepdims=False)  # [B, D]
+        logits = model.unembed(h)  # [B, V]
+        if sample:
+            key, sub = jax.random.split(key)
+            logits = logits / temperature
+            if top_k is not None:
+                kth = jax.lax.top_k(logits, top_k)[0][:, -1:]  # [B, 1]
+                logits = jnp.where(logits < kth, -jnp.inf, logits)
+            tok = jax.random.categorical(sub, logits, axis=-1)
+        else:
+            tok = jnp.argmax(logits, axis=-1)
+        tok = jnp.where(done, pad, tok).astype(buf.dtype)  # [B]
+        buf = jax.lax.dynamic_update_index_in_dim(buf, tok, p + i, axis=1)
+        buf_mask = jax.lax.dynamic_update_index_in_dim(
+            buf_mask, jnp.ones_like(tok, buf_mask.dtype), p + i, axis=1
+        )
+        done = done | jnp.isin(tok, eos)
+        return buf, buf_mask, done, key
+
+    init = (buf, buf_mask, jnp.zeros((b,), bool), key)
+    buf, *_ = jax.lax.fori_loop(0, steps, step, init)
+    return buf[:, p:]  # [B, N]
