@@ -1,0 +1,230 @@
+"""Reliability, generality, portability and locality per request (EasyEdit's teacher-forced protocol).
+
+For a request and a (question, answer) pair the model reads ``question + " " + answer``; the pair's score is the
+mean over the answer tokens of [argmax of the logits at the previous position == the token] (EasyEdit
+``test_prediction_acc``; the answer-token boundary is defined in :mod:`mkejax.eval.encoding`).
+
+* reliability: (prompt, target); generality: (rephrase, target); portability: (portability_prompt,
+  portability_answer) — accuracy against the answer tokens.
+* locality: (locality_prompt, locality_answer) — the share of answer positions where the edited model's argmax
+  equals the *unedited* model's argmax (EasyEdit's ``locality_acc``; the AlphaEdit/MEMIT repositories instead
+  compare with the ground-truth answer, as ``locality_em`` below does).
+* optional ``*_em`` (ReMaKE-style exact match): 1 when greedy decoding of the answer's length reproduces the answer
+  tokens exactly (for locality: the ground-truth locality answer). Greedy decoding emits token i+1 from the prompt
+  and its first i emitted tokens; if it has emitted the answer so far, that is exactly the teacher-forced input, so
+  the greedy output equals the answer iff every teacher-forced argmax hits — EM is read off the same forward
+  pass, no generation loop (checked against transformers' ``generate`` in the tests).
+
+A request's score is its per-token mean; a language's score is the mean over its requests that have the pair
+(EasyEdit averages per-request accuracies, not pooled tokens).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+import pandas as pd
+
+from mkejax.data.request import EditRequest
+from mkejax.eval.encoding import Batch, answer_windows, encode_pairs, make_batches
+from mkejax.eval.scoring import Delta, PreEditCache, model_fingerprint, predict
+from mkejax.models.llama import CausalLM
+
+METRICS = ("reliability", "generality", "locality", "portability")
+_FIELDS = {  # metric -> (question field, answer field) of EditRequest
+    "reliability": ("prompt", "target"),
+    "generality": ("rephrase", "target"),
+    "locality": ("locality_prompt", "locality_answer"),
+    "portability": ("portability_prompt", "portability_answer"),
+}
+_LOCALITY = "locality"
+_EDIT = "edit"  # batch group of the answer-accuracy metrics
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class EvalSet:
+    """Every scored (question, answer) pair of a set of requests, tokenised and batched once.
+
+    Attributes:
+      items: one row per pair: ``lang``, ``id``, ``metric``, ``n_tokens`` (answer tokens), ``boundary_merged``.
+      labels: [N, K] answer tokens, right-aligned; valid: [N, K] which slots hold answer tokens.
+      batches: fixed-shape batches; locality pairs are in their own batches (group ``"locality"``).
+      fingerprint: hash of the token ids and layout (a key of the pre-edit cache).
+    """
+
+    items: pd.DataFrame
+    labels: np.ndarray
+    valid: np.ndarray
+    batches: tuple[Batch, ...]
+    fingerprint: str
+
+    @property
+    def window(self) -> int:
+        return self.labels.shape[1]
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.items["lang"]))
+
+    @property
+    def shapes(self) -> set[tuple[int, int, int]]:
+        """The distinct (B, T, K) call shapes (each compiles once per delta structure)."""
+        return {b.shape for b in self.batches}
+
+
+def prepare(
+    tokenizer,
+    requests_by_lang: Mapping[str, Sequence[EditRequest]],
+    *,
+    metrics: Sequence[str] = METRICS,
+    batch_size: int = 32,
+    max_length: int | None = None,
+    buckets: Sequence[int] | None = None,
+    window: int | None = None,
+) -> EvalSet:
+    """Tokenises and batches every pair of every request of every language for one-pass scoring.
+
+    Args:
+      tokenizer: the model's Hugging Face tokenizer.
+      requests_by_lang: {language: requests} (e.g. from ``mkejax.data.load_mzsre``).
+      metrics: which of :data:`METRICS` to score; a request without the pair's fields skips that metric.
+      batch_size: rows per batch (all batches have exactly this many).
+      max_length: optional token limit per pair (longer pairs raise, naming the request).
+      buckets: bucket lengths (default: a 2^k / 1.5 * 2^k ladder); fixing them fixes the compiled shapes.
+      window: K, the answer window (default: the longest answer rounded up to a multiple of 4); a larger fixed
+        value keeps the shapes of different request sets equal.
+    """
+    unknown = [m for m in metrics if m not in _FIELDS]
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; valid: {', '.join(METRICS)}")
+    rows, prompts, answers, names = [], [], [], []
+    for lang, requests in requests_by_lang.items():
+        for req in requests:
+            if req.lang != lang:
+                raise ValueError(f"request {req.lang}/{req.id} listed under language {lang!r}")
+            for metric in metrics:
+                q_field, a_field = _FIELDS[metric]
+                q, a = getattr(req, q_field), getattr(req, a_field)
+                if q is None or a is None:
+                    continue
+                rows.append((lang, req.id, metric))
+                prompts.append(q)
+                answers.append(a)
+                names.append(f"request {lang}/{req.id} {metric} ({q_field}, {a_field})")
+    if not rows:
+        raise ValueError("no (question, answer) pair to score: no requests, or none has the asked metrics")
+    examples = encode_pairs(tokenizer, prompts, answers, names=names)
+    n_tokens = np.asarray([e.n_answer for e in examples])
+    longest = int(n_tokens.max())
+    if window is None:
+        window = -(-longest // 4) * 4  # rounded up to a multiple of 4: fewer distinct shapes
+    elif window < longest:
+        i = int(n_tokens.argmax())
+        raise ValueError(f"{names[i]}: {longest} answer tokens exceed window {window}")
+    items = pd.DataFrame(rows, columns=["lang", "id", "metric"])
+    items["n_tokens"] = n_tokens
+    items["boundary_merged"] = [e.boundary_merged for e in examples]
+    groups = np.where(items["metric"] == _LOCALITY, _LOCALITY, _EDIT)
+    batches = make_batches(
+        examples,
+        groups,
+        batch_size=batch_size,
+        window=window,
+        max_length=max_length,
+        names=names,
+        buckets=buckets,
+    )
+    labels, valid = answer_windows(examples, window)
+    h = hashlib.sha256()
+    for b in batches:
+        h.update(np.asarray(b.shape).tobytes() + b.ids.tobytes() + b.mask.tobytes() + b.rows.tobytes())
+    return EvalSet(items, labels, valid, tuple(batches), h.hexdigest()[:32])
+
+
+def _pre_edit_locality(model, evalset, cache, mesh, progress, post=None) -> np.ndarray:
+    """Pre-edit predictions of the locality pairs (from the cache, or computed once and stored)."""
+    key = PreEditCache.key(model_fingerprint(model), evalset.fingerprint)
+    pre = cache.get(key)
+    if pre is None:
+        if post is not None:  # the unedited pass just ran: reuse it
+            pre = np.where((evalset.items["metric"] == _LOCALITY).to_numpy()[:, None], post, -1)
+        else:
+            loc = [b for b in evalset.batches if b.group == _LOCALITY]
+            pre = predict(
+                model,
+                loc,
+                len(evalset.items),
+                evalset.window,
+                None,
+                mesh=mesh,
+                progress=progress,
+                desc="pre-edit locality",
+            )
+        cache.put(key, pre)
+    return pre
+
+
+def score(
+    model: CausalLM,
+    evalset: EvalSet,
+    delta: Delta = None,
+    *,
+    cache: PreEditCache | None = None,
+    exact_match: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Scores every pair of ``evalset`` on ``model`` + ``delta`` in one pass.
+
+    Args:
+      model: the unedited model (never modified).
+      evalset: from :func:`prepare`.
+      delta: the edit: None (pre-edit), {layer: ΔW} / {HF down_proj name: ΔW} (added inside the forward), or any
+        {HF parameter name: ΔW} (functional fallback; see :mod:`mkejax.eval.scoring`).
+      cache: pre-edit predictions for locality (a fresh one per call when None).
+      exact_match: also report ``<metric>_em``.
+      mesh: optional mesh whose ``data`` axis shards batch rows.
+      progress: tqdm progress bars.
+
+    Returns:
+      One row per pair: lang, id, metric, value, n_tokens (and ``<metric>_em`` rows when asked).
+    """
+    cache = PreEditCache() if cache is None else cache
+    post = predict(
+        model,
+        evalset.batches,
+        len(evalset.items),
+        evalset.window,
+        delta,
+        mesh=mesh,
+        progress=progress,
+        desc="scoring" if delta is None else "scoring (edited)",
+    )
+    is_loc = (evalset.items["metric"] == _LOCALITY).to_numpy()
+    valid, n_tok = evalset.valid, evalset.items["n_tokens"].to_numpy()
+    hits = (post == evalset.labels) & valid  # [N, K]
+    if is_loc.any():
+        pre = _pre_edit_locality(model, evalset, cache, mesh, progress, post=post if delta is None else None)
+        same = (post == pre) & valid
+        hits = np.where(is_loc[:, None], same, hits)
+    out = evalset.items[["lang", "id", "metric"]].copy()
+    out["value"] = hits.sum(axis=1) / n_tok
+    out["n_tokens"] = n_tok
+    if exact_match:
+        em = evalset.items[["lang", "id", "metric"]].copy()
+        em["metric"] = em["metric"] + "_em"
+        em["value"] = (((post == evalset.labels) & valid).sum(axis=1) == n_tok).astype(np.float64)
+        em["n_tokens"] = n_tok
+        out = pd.concat([out, em], ignore_index=True)
+    return out
+
+
+def summarise(per_request: pd.DataFrame) -> pd.DataFrame:
+    """Per-request scores -> one row per (test_lang, metric): value (mean over requests) and n (requests)."""
+    g = per_request.groupby(["lang", "metric"], sort=False)["value"]
+    out = pd.DataFrame({"value": g.mean(), "n": g.size()}).reset_index()
+    return out.rename(columns={"lang": "test_lang"})

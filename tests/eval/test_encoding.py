@@ -1,0 +1,79 @@
+"""Answer-token boundary, bucketing and fixed-shape batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from eval_fixtures import ID, build_hand_tokenizer
+
+from mkejax.eval.encoding import answer_windows, bucket_ladder, encode_pairs, make_batches
+
+
+def test_boundary_matches_easyedit_and_uses_the_spaced_answer(tiny):
+    _, tok, _ = tiny("llama")
+    (e,) = encode_pairs(tok, ["The capital of France is"], ["Paris"])
+    prompt_ids = tok("The capital of France is")["input_ids"]
+    spaced = tok(" Paris", add_special_tokens=False)["input_ids"]
+    bare = tok("Paris", add_special_tokens=False)["input_ids"]
+    assert spaced != bare  # byte-level BPE: "ĠParis" vs "P" "aris"
+    assert e.n_context == len(prompt_ids) and not e.boundary_merged  # EasyEdit's count, here
+    assert list(e.ids[: e.n_context]) == prompt_ids and list(e.ids[e.n_context :]) == spaced
+
+
+def test_qwen_style_no_bos(tiny):
+    _, tok, _ = tiny("qwen2")
+    (e,) = encode_pairs(tok, ["The capital of France is"], ["Paris"])
+    assert e.ids[0] != tok.bos_token_id
+    assert list(e.ids[e.n_context :]) == tok(" Paris")["input_ids"]
+
+
+def test_boundary_merge_rule():
+    # "c " fuses the prompt's last letter with the space: prompt [<s> a b c], joint [<s> a b "c " d e].
+    tok = build_hand_tokenizer(merge_c_space=True)
+    (e,) = encode_pairs(tok, ["abc"], ["de"])
+    assert list(e.ids) == [ID["<s>"], ID["a"], ID["b"], ID["c "], ID["d"], ID["e"]]
+    assert e.n_context == 3 and e.n_answer == 3 and e.boundary_merged  # EasyEdit's count would say 4
+
+
+@pytest.mark.parametrize(
+    "prompt, answer, bos, message",
+    [
+        ("abc", "", True, "empty answer"),
+        ("  ", "x", True, "empty prompt"),
+        ("c", "d", False, "no context token"),
+    ],
+)
+def test_bad_pairs(prompt, answer, bos, message):
+    tok = build_hand_tokenizer(merge_c_space=True, bos=bos)
+    with pytest.raises(ValueError, match=f"en/3 reliability: {message}"):
+        encode_pairs(tok, [prompt], [answer], names=["en/3 reliability"])
+
+
+def test_ladder():
+    assert bucket_ladder(5) == (8,)
+    assert bucket_ladder(17) == (8, 12, 16, 24)
+    assert bucket_ladder(5000)[-1] == 6144
+
+
+def test_batches_left_padded_fixed_shape():
+    tok = build_hand_tokenizer()
+    words = ["ab", "abcdefghij", "abcd", "abcdefghijklmnopq", "abc"]
+    examples = encode_pairs(tok, words, ["xy"] * len(words))
+    groups = ["edit", "edit", "locality", "edit", "edit"]
+    batches = make_batches(examples, groups, batch_size=2, window=4)
+    assert {b.shape for b in batches} == {(2, 8, 4), (2, 16, 4), (2, 24, 4)}
+    seen = np.concatenate([b.rows for b in batches])
+    assert sorted(seen[seen >= 0]) == list(range(len(words)))
+    for b in batches:
+        assert len({groups[r] for r in b.rows if r >= 0}) == 1
+        for r, i in enumerate(b.rows):
+            src = examples[b.rows[0] if i < 0 else i].ids  # filler rows copy row 0
+            np.testing.assert_array_equal(b.ids[r, -len(src) :], src)  # answer ends at the last column
+            assert b.mask[r].sum() == len(src) and b.mask[r, -len(src) :].all()
+    labels, valid = answer_windows(examples, 4)
+    np.testing.assert_array_equal(labels[0], [0, 0, ID[" x"], ID["y"]])
+    np.testing.assert_array_equal(valid[0], [False, False, True, True])
+    with pytest.raises(ValueError, match="w3: 20 tokens exceed max_length 12"):
+        make_batches(
+            examples, groups, batch_size=2, window=4, max_length=12, names=[f"w{i}" for i in range(5)]
+        )
