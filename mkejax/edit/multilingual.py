@@ -47,8 +47,8 @@ Array = jax.Array
 METHODS = ("memit", "alphaedit")
 
 
-def _gram(K: Array) -> Array:
-    return jnp.einsum("lin,ljn->lij", K, K, precision=HIGHEST)  # [L, d_in, d_in]
+def _gram_sum(K: Array) -> Array:
+    return jnp.einsum("lin,ljn->ij", K, K, precision=HIGHEST)  # Σ_l K_l K_lᵀ [d_in, d_in]
 
 
 def _solve_block(K, R, mask, M, extra, reg, *, method: str, shared: bool, ct, lang_batch, axis: str | None):
@@ -62,7 +62,7 @@ def _solve_block(K, R, mask, M, extra, reg, *, method: str, shared: bool, ct, la
     K, R, M, reg = K.astype(ct) * w, R.astype(ct) * w, M.astype(ct), jnp.asarray(reg, ct)
     extra = None if extra is None else extra.astype(ct)
     if shared:
-        total = _gram(K).sum(0)  # [d_in, d_in]: Σ over this block's languages
+        total = _gram_sum(K)  # [d_in, d_in]: Σ over this block's languages
         if axis is not None:
             total = jax.lax.psum(total, axis)  # ... and over every device's block
         if extra is not None and extra.ndim == 2:
@@ -81,19 +81,26 @@ def _solve_block(K, R, mask, M, extra, reg, *, method: str, shared: bool, ct, la
                 X = jsl.lu_solve(factors, mm(M, rhs))
             out = X.reshape(K.shape[1], Lb, d_out).transpose(1, 2, 0)  # [Lb, d_out, d_in]
             return out, jnp.broadcast_to(ratio, (Lb,))
-        grams = total[None] + extra  # per-language extra Gram terms
+        base = total  # + each language's own extra term below
     else:
-        grams = _gram(K) if extra is None else _gram(K) + extra  # [Lb, d_in, d_in] (extra broadcasts)
+        base = None if extra is None or extra.ndim == 3 else extra  # own K_l K_lᵀ (+ a common extra term)
     core = memit_core if method == "memit" else alphaedit_core
+    per_lang = extra is not None and extra.ndim == 3
 
-    def one(args):
-        k, r, g = args
+    def one(args):  # one language; its Gram is formed here so that lax.map chunks bound the d_in² buffers
+        k, r = args[0], args[1]  # [d_in, n], [d_out, n]
+        g = mm(k, k.T) if not shared else base
+        if not shared and base is not None:
+            g = g + base
+        if per_lang:
+            g = g + args[2]
         return core(k, r, M, reg, g)
 
+    xs = (K, R, extra) if per_lang else (K, R)
     if lang_batch is None:
-        return jax.vmap(lambda k, r, g: one((k, r, g)))(K, R, grams)
+        return jax.vmap(one)(xs)
     # lax.map in chunks of `lang_batch` languages (each chunk vmapped): bounds the [chunk, d_in, d_in] buffers.
-    return jax.lax.map(one, (K, R, grams), batch_size=lang_batch)
+    return jax.lax.map(one, xs, batch_size=lang_batch)
 
 
 @functools.partial(

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import numpy as np
 import pytest
 
@@ -174,3 +175,10 @@ def test_twelve_languages_on_eight_devices_equal_one_device(tmp_path):
         _, method, shared = key.split("-")
         expected = solve(method, K, R, C, P, shared=shared == "True", mask=mask)
         assert rel(out[key], expected) <= TOL, key
+
+
+def test_composes_with_an_outer_jit():
+    _, K, R, C, P = make(7)
+    eager = solve("alphaedit", K, R, C, P, shared=True)
+    jitted = jax.jit(lambda K, R: solve_languages("alphaedit", K, R, P=P, l2=L2, shared=True))(K, R)
+    assert rel(jitted, eager) <= TOL
