@@ -81,17 +81,16 @@ def _solve_block(K, R, mask, M, extra, reg, *, method: str, shared: bool, ct, la
                 X = jsl.lu_solve(factors, mm(M, rhs))
             out = X.reshape(K.shape[1], Lb, d_out).transpose(1, 2, 0)  # [Lb, d_out, d_in]
             return out, jnp.broadcast_to(ratio, (Lb,))
-        base = total  # + each language's own extra term below
-    else:
-        base = None if extra is None or extra.ndim == 3 else extra  # own K_l K_lᵀ (+ a common extra term)
     core = memit_core if method == "memit" else alphaedit_core
     per_lang = extra is not None and extra.ndim == 3
+    common = extra if extra is not None and extra.ndim == 2 else None
 
     def one(args):  # one language; its Gram is formed here so that lax.map chunks bound the d_in² buffers
         k, r = args[0], args[1]  # [d_in, n], [d_out, n]
-        g = mm(k, k.T) if not shared else base
-        if not shared and base is not None:
-            g = g + base
+        if shared:
+            g = total  # Σ_m K_m K_mᵀ over all languages (the common extra term is in it already)
+        else:
+            g = mm(k, k.T) if common is None else mm(k, k.T) + common
         if per_lang:
             g = g + args[2]
         return core(k, r, M, reg, g)
