@@ -11,6 +11,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# OpenBLAS (LAPACK behind SVD/eigh/Cholesky in numpy and jaxlib) spins its threads against XLA's own pool on
+# this 2-core machine: one 576x1536 SVD took 3.6 s with 2 threads vs 0.4 s with 1 under load. Tests use 1.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import pathlib
 
