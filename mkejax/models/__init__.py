@@ -1,10 +1,30 @@
-"""Backbones (Llama / Qwen2 families as Flax NNX modules) and weight loading."""
+"""Backbones (Llama / Qwen2 families as Flax NNX modules), weight loading and generation."""
 
 from mkejax.models.config import ConfigError, ModelConfig, RopeScaling
+from mkejax.models.generate import Generation, generate, generate_greedy
 from mkejax.models.llama import CausalLM, ForwardOutput, Injection, down_proj_path, init_random, layer_deltas
-from mkejax.models.loading import load_model, load_tokenizer
+from mkejax.models.loading import load_config, load_model, load_tokenizer, model_from_arrays
+from mkejax.models.sources import DEFAULT_MODEL, KNOWN_SHA256, LoadError, resolve_source
 
 __all__ = [
-    "CausalLM", "ConfigError", "ForwardOutput", "Injection", "ModelConfig", "RopeScaling", "down_proj_path",
-    "init_random", "layer_deltas", "load_model", "load_tokenizer",
+    "DEFAULT_MODEL",
+    "KNOWN_SHA256",
+    "CausalLM",
+    "ConfigError",
+    "ForwardOutput",
+    "Generation",
+    "Injection",
+    "LoadError",
+    "ModelConfig",
+    "RopeScaling",
+    "down_proj_path",
+    "generate",
+    "generate_greedy",
+    "init_random",
+    "layer_deltas",
+    "load_config",
+    "load_model",
+    "load_tokenizer",
+    "model_from_arrays",
+    "resolve_source",
 ]

