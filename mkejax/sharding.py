@@ -1,8 +1,12 @@
-"""Mesh axis names and mesh construction: the one place that defines them.
+"""Mesh axis names, mesh construction and partition rules: the one place that defines them.
 
 Axes: ``lang`` (the language axis of per-language edit vectors), ``data`` (batch rows), ``fsdp`` (weights
 sharded along one dimension), ``tensor`` (tensor parallel). Meshes use ``AxisType.Auto`` so that sharded
 contractions need no explicit out_sharding.
+
+Parameters are placed by :data:`PARAM_RULES` (regexes on HF-style names -> PartitionSpec over ``fsdp`` and
+``tensor``): :func:`partition_spec` for one parameter, :func:`param_shardings` for a model's state,
+:func:`shard_model` to move a model; batches go rows-over-``data`` with :func:`batch_sharding`.
 """
 
 from __future__ import annotations
@@ -83,7 +87,7 @@ def partition_spec(name: str, shape: tuple[int, ...], mesh: jax.sharding.Mesh, r
     return P(*(a if a is None or size % mesh.shape[a] == 0 else None for a, size in zip(axes, shape)))
 
 
-def _path_name(path) -> str:
+def param_name(path) -> str:
     """A pytree key path of an NNX state -> ``layers.3.mlp.down_proj.weight`` (the Variable's ``.value`` dropped)."""
     parts = []
     for k in path:
@@ -111,7 +115,7 @@ def param_shardings(model_or_state, mesh: jax.sharding.Mesh, rules=PARAM_RULES):
 
     def one(path, leaf):
         return jax.sharding.NamedSharding(
-            mesh, partition_spec(_path_name(path), tuple(leaf.shape), mesh, rules)
+            mesh, partition_spec(param_name(path), tuple(leaf.shape), mesh, rules)
         )
 
     return jax.tree_util.tree_map_with_path(one, state)

@@ -27,7 +27,7 @@ from mkejax.models.config import ModelConfig
 from mkejax.models.gguf_weights import gguf_hf_config, gguf_tensor_refs, gguf_tokenizer, open_gguf
 from mkejax.models.llama import CausalLM, hf_name
 from mkejax.models.sources import LoadError, ResolvedSource, TensorRef, resolve_source
-from mkejax.sharding import _path_name, partition_spec
+from mkejax.sharding import param_name, partition_spec
 
 # Buffers some older checkpoints saved that the config determines; read by nothing, mapped to the config.
 _DERIVED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
@@ -152,7 +152,7 @@ def model_from_tensors(
         sharding = (
             device
             if mesh is None
-            else jax.sharding.NamedSharding(mesh, partition_spec(_path_name(path), tuple(var.shape), mesh))
+            else jax.sharding.NamedSharding(mesh, partition_spec(param_name(path), tuple(var.shape), mesh))
         )
         # Each device receives only its own slice, cast on the host slice by slice.
         value = jax.make_array_from_callback(

@@ -47,7 +47,7 @@ def test_every_parameter_has_a_rule():
     from flax import nnx
 
     from mkejax.models import CausalLM, ModelConfig
-    from mkejax.sharding import _path_name
+    from mkejax.sharding import param_name
 
     cfg = ModelConfig.from_hf_dict(
         {
@@ -61,7 +61,7 @@ def test_every_parameter_has_a_rule():
         }
     )
     state = nnx.state(nnx.eval_shape(lambda: CausalLM(cfg)))
-    names = [_path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+    names = [param_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
     assert len(names) == 2 + 2 * 12 + 1  # embed, lm_head; per layer 12 (incl. q/k/v biases); norm
     for n in names:
         partition_spec(n, (32, 32) if n.endswith("weight") and "norm" not in n else (32,), _mesh())
