@@ -70,11 +70,16 @@ def generate(
         raise ValueError("prompts must be a non-empty sequence of strings")
     eos = sorted(set(model.config.eos_token_ids) | ({tokenizer.eos_token_id} - {None}))
     pad = next(t for t in (tokenizer.pad_token_id, *eos, 0) if t is not None)
-    enc = tokenizer(list(prompts), padding=True, padding_side="left", return_tensors="np")
-    ids, mask = enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)  # [B, P]
-    extra = -ids.shape[1] % pad_multiple
-    ids = np.pad(ids, ((0, 0), (extra, 0)), constant_values=pad)
-    mask = np.pad(mask, ((0, 0), (extra, 0)))
+    # Left-pad here rather than in the tokenizer: many (e.g. Llama 3's) define no pad token.
+    rows = tokenizer(list(prompts))["input_ids"]
+    if min(len(r) for r in rows) == 0:
+        raise ValueError("a prompt tokenises to no tokens")
+    width = -(-max(len(r) for r in rows) // pad_multiple) * pad_multiple
+    ids = np.full((len(rows), width), pad, np.int32)  # [B, P]
+    mask = np.zeros((len(rows), width), np.int32)  # [B, P]
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = r
+        mask[i, width - len(r) :] = 1
     graphdef, state = nnx.split(model)
     new = _decode(
         graphdef,
@@ -85,7 +90,6 @@ def generate(
         jnp.asarray(eos if eos else [-1], jnp.int32),
         jnp.float32(temperature if sample else 1.0),
         steps=max_new_tokens,
-        pad=int(pad),
         sample=sample,
         top_k=top_k,
     )
@@ -106,7 +110,7 @@ def generate_greedy(
     return out if return_ids else out.texts
 
 
-@partial(jax.jit, static_argnames=("graphdef", "steps", "pad", "sample", "top_k"))
+@partial(jax.jit, static_argnames=("graphdef", "steps", "sample", "top_k"))
 def _decode(
     graphdef,
     state,
@@ -117,14 +121,15 @@ def _decode(
     temperature,
     *,
     steps: int,
-    pad: int,
     sample: bool,
     top_k: int | None,
 ):
     model = nnx.merge(graphdef, state)
     b, p = ids.shape
     last_layer = model.config.num_hidden_layers - 1
-    buf = jnp.concatenate([ids, jnp.full((b, steps), pad, ids.dtype)], axis=1)  # [B, P+N]
+    # Unwritten slots and the tokens of finished rows hold 0: causal masking hides the former, and the caller
+    # replaces the latter with the pad id.
+    buf = jnp.concatenate([ids, jnp.zeros((b, steps), ids.dtype)], axis=1)  # [B, P+N]
     buf_mask = jnp.concatenate([mask, jnp.zeros((b, steps), mask.dtype)], axis=1)  # [B, P+N]
 
     def step(i, carry):
@@ -141,7 +146,7 @@ def _decode(
             tok = jax.random.categorical(sub, logits, axis=-1)
         else:
             tok = jnp.argmax(logits, axis=-1)
-        tok = jnp.where(done, pad, tok).astype(buf.dtype)  # [B]
+        tok = jnp.where(done, 0, tok).astype(buf.dtype)  # [B]
         buf = jax.lax.dynamic_update_index_in_dim(buf, tok, p + i, axis=1)
         buf_mask = jax.lax.dynamic_update_index_in_dim(
             buf_mask, jnp.ones_like(tok, buf_mask.dtype), p + i, axis=1

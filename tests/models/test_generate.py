@@ -59,6 +59,15 @@ def test_sampling_is_keyed_and_top1_is_greedy(qwen2):
     assert np.array_equal(top1.token_ids, greedy.token_ids)
 
 
+def test_tokenizer_without_pad_token(qwen2):
+    model, tok, _ = qwen2
+    greedy = generate(model, tok, PROMPTS, max_new_tokens=STEPS)
+    no_pad = copy.deepcopy(tok)
+    no_pad.pad_token = None
+    out = generate(model, no_pad, PROMPTS, max_new_tokens=STEPS)
+    assert out.texts == greedy.texts and np.array_equal(out.lengths, greedy.lengths)
+
+
 def test_generate_argument_errors(qwen2):
     model, tok, _ = qwen2
     with pytest.raises(ValueError, match="needs a PRNG key"):
