@@ -4,8 +4,8 @@ Both models hold the same dense float32 weights: mkejax loads the source (by def
 Q4_1 GGUF, dequantised), and the torch model is transformers' ``LlamaForCausalLM``/``Qwen2ForCausalLM`` built from
 the same config with those tensors copied in. (transformers' own GGUF load keeps the weights quantised and
 dequantises inside every matmul, which is not a float32 forward.) The batch is 16 x 64 random tokens with a full
-attention mask. Each side is warmed up (JAX compiles), then timed over ``--repeats`` runs; the median is reported
-as tokens/s with the ratio mkejax / torch, and the logits of the two are compared.
+attention mask. Each side is warmed up (JAX compiles), then timed over ``--repeats`` interleaved runs; the medians
+are reported as tokens/s with the ratio mkejax / torch, and the logits of the two are compared.
 
 Usage: python scripts/bench_forward.py [--source SOURCE] [--batch 16] [--length 64] [--repeats 3]
 """
@@ -46,14 +46,18 @@ def torch_twin(model):
     return twin
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:
-    out = fn()  # warm-up (JAX: compilation)
-    times = []
+def timed_pair(fn_a, fn_b, repeats: int) -> tuple[float, float, object, object]:
+    """Median seconds of ``fn_a`` and ``fn_b`` and their outputs, after one warm-up each (JAX: compilation); the
+    runs are interleaved so that both see the same load on a shared machine."""
+    fns = (fn_a, fn_b)
+    outs = [fn() for fn in fns]
+    times = ([], [])
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+        for k, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            outs[k] = fn()
+            times[k].append(time.perf_counter() - t0)
+    return statistics.median(times[0]), statistics.median(times[1]), outs[0], outs[1]
 
 
 def main(argv=None) -> None:
@@ -84,12 +88,13 @@ def main(argv=None) -> None:
         with torch.inference_mode():
             return twin(input_ids=t_ids, attention_mask=t_mask).logits
 
-    t_jax, out_jax = timed(run_jax, args.repeats)
-    t_torch, out_torch = timed(run_torch, args.repeats)
+    t_jax, t_torch, out_jax, out_torch = timed_pair(run_jax, run_torch, args.repeats)
     tokens = args.batch * args.length
     diff = float(np.abs(np.asarray(out_jax) - out_torch.numpy()).max())
     print(f"source: {args.source}")
-    print(f"batch {args.batch} x {args.length} tokens, float32, median of {args.repeats} runs after warm-up")
+    print(
+        f"batch {args.batch} x {args.length} tokens, float32, median of {args.repeats} interleaved runs after warm-up"
+    )
     print(
         f"devices: jax {jax.devices()[0].platform} x{jax.device_count()}, torch threads {torch.get_num_threads()}"
     )
