@@ -142,37 +142,49 @@ def answer_windows(examples: Sequence[Encoded], window: int) -> tuple[np.ndarray
     return labels, valid
 
 
+def _round_up(x: int, multiple: int) -> int:
+    return -(-x // multiple) * multiple
+
+
 def make_batches(
     examples: Sequence[Encoded],
     groups: Sequence[str],
     *,
     batch_size: int,
-    window: int,
+    window: int | None = None,
     max_length: int | None = None,
     names: Sequence[str] | None = None,
     buckets: Sequence[int] | None = None,
+    batch_multiple: int = 1,
 ) -> list[Batch]:
-    """Sorts examples into (group, length bucket) batches of exactly ``batch_size`` rows.
+    """Sorts examples into (group, length bucket) batches of one fixed shape per bucket.
 
-    Every row is left-padded to its bucket length, so its answer tokens end at the last column; the last batch
-    of each bucket is filled with copies of its first row (``rows == -1``) so that every call has one of a few
-    fixed shapes and nothing recompiles per batch.
+    Every row is left-padded to its bucket length T, so its answer tokens end at the last column. A bucket's
+    batches all have B rows: ``batch_size``, or for a bucket with fewer examples the next power of two that
+    holds them (long-tail buckets of one or two very long examples then do not compute 32 copies). The last
+    batch is filled with copies of its first row (``rows == -1``). So a whole evaluation compiles once per
+    bucket, never per batch.
 
     Args:
       examples: the encoded examples.
-      groups: per example, a group name; batches never mix groups.
-      batch_size: rows per batch.
-      window: K, the answer window (at least the longest answer).
+      groups: per example, a group name; batches never mix groups (groups share their buckets' shapes).
+      batch_size: most rows per batch.
+      window: K for every batch (capped at T - 1); None: per bucket, its longest answer rounded up to a
+        multiple of 8 (capped at T - 1).
       max_length: optional limit on tokens per example (e.g. the model's context); longer examples raise.
       names: per example, a label for error messages.
       buckets: bucket lengths to use (default: the ladder 8, 12, 16, 24, 32, 48, ...); examples longer than the
         largest one go to the default ladder's lengths above it.
+      batch_multiple: B is a multiple of this (e.g. the mesh's ``data`` axis size).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if batch_size < 1 or batch_multiple < 1 or batch_size % batch_multiple:
+        raise ValueError(
+            f"batch_size ({batch_size}) must be a positive multiple of batch_multiple ({batch_multiple})"
+        )
     if not examples:
         return []
     lengths = np.asarray([len(e.ids) for e in examples])
+    answers = np.asarray([e.n_answer for e in examples])
     if max_length is not None and lengths.max() > max_length:
         i = int(lengths.argmax())
         name = names[i] if names is not None else f"example {i}"
@@ -185,20 +197,23 @@ def make_batches(
     ladder = np.asarray(ladder)
     bucket = ladder[np.searchsorted(ladder, lengths)]  # smallest ladder length >= each example's length
     groups = np.asarray(groups)
+    names_of_groups = sorted(set(groups.tolist()))
     batches = []
-    for group in sorted(set(groups.tolist())):
-        for t in sorted(set(bucket[groups == group].tolist())):
-            idx = np.flatnonzero((groups == group) & (bucket == t))
-            k = min(window, t - 1)
-            for start in range(0, len(idx), batch_size):
-                rows = idx[start : start + batch_size]
-                ids = np.zeros((batch_size, t), np.int32)
-                mask = np.zeros((batch_size, t), np.int32)
-                for r, i in enumerate(rows):
+    for t in sorted(set(bucket.tolist())):
+        in_bucket = bucket == t
+        k = min(t - 1, _round_up(int(answers[in_bucket].max()), 8) if window is None else window)
+        most = max(int(np.sum(in_bucket & (groups == g))) for g in names_of_groups)
+        b = min(batch_size, _round_up(1 << (most - 1).bit_length(), batch_multiple))
+        for group in names_of_groups:
+            idx = np.flatnonzero(in_bucket & (groups == group))
+            for start in range(0, len(idx), b):
+                rows = idx[start : start + b]
+                ids = np.zeros((b, t), np.int32)
+                mask = np.zeros((b, t), np.int32)
+                for r, i in enumerate(rows):  # once per evaluation set, not in the scoring loop
                     ids[r, t - lengths[i] :] = examples[i].ids
                     mask[r, t - lengths[i] :] = 1
-                fill = batch_size - len(rows)
                 ids[len(rows) :], mask[len(rows) :] = ids[0], mask[0]
-                rows = np.concatenate([rows, np.full(fill, -1)]).astype(np.int64)
+                rows = np.concatenate([rows, np.full(b - len(rows), -1)]).astype(np.int64)
                 batches.append(Batch(ids, mask, rows, k, str(group)))
     return batches

@@ -85,6 +85,7 @@ def prepare(
     max_length: int | None = None,
     buckets: Sequence[int] | None = None,
     window: int | None = None,
+    batch_multiple: int = 1,
 ) -> EvalSet:
     """Tokenises and batches every pair of every request of every language for one-pass scoring.
 
@@ -92,11 +93,15 @@ def prepare(
       tokenizer: the model's Hugging Face tokenizer.
       requests_by_lang: {language: requests} (e.g. from ``mkejax.data.load_mzsre``).
       metrics: which of :data:`METRICS` to score; a request without the pair's fields skips that metric.
-      batch_size: rows per batch (all batches have exactly this many).
+      batch_size: most rows per batch (a bucket with fewer pairs gets the next power of two that holds them).
       max_length: optional token limit per pair (longer pairs raise, naming the request).
       buckets: bucket lengths (default: a 2^k / 1.5 * 2^k ladder); fixing them fixes the compiled shapes.
-      window: K, the answer window (default: the longest answer rounded up to a multiple of 4); a larger fixed
-        value keeps the shapes of different request sets equal.
+      window: K, the answer positions scored per row, for every bucket (default: per bucket, its longest answer
+        rounded up to a multiple of 8); a fixed value keeps the shapes of different request sets equal.
+      batch_multiple: batch sizes are multiples of this (the mesh's ``data`` axis size when scoring sharded).
+
+    Batch shapes: one per length bucket (see :func:`mkejax.eval.encoding.make_batches`), so one compilation
+    per bucket and delta structure, whatever the number of batches.
     """
     unknown = [m for m in metrics if m not in _FIELDS]
     if unknown:
@@ -119,12 +124,9 @@ def prepare(
         raise ValueError("no (question, answer) pair to score: no requests, or none has the asked metrics")
     examples = encode_pairs(tokenizer, prompts, answers, names=names)
     n_tokens = np.asarray([e.n_answer for e in examples])
-    longest = int(n_tokens.max())
-    if window is None:
-        window = -(-longest // 4) * 4  # rounded up to a multiple of 4: fewer distinct shapes
-    elif window < longest:
+    if window is not None and window < int(n_tokens.max()):
         i = int(n_tokens.argmax())
-        raise ValueError(f"{names[i]}: {longest} answer tokens exceed window {window}")
+        raise ValueError(f"{names[i]}: {n_tokens[i]} answer tokens exceed window {window}")
     items = pd.DataFrame(rows, columns=["lang", "id", "metric"])
     items["n_tokens"] = n_tokens
     items["boundary_merged"] = [e.boundary_merged for e in examples]
@@ -137,7 +139,9 @@ def prepare(
         max_length=max_length,
         names=names,
         buckets=buckets,
+        batch_multiple=batch_multiple,
     )
+    window = max(b.window for b in batches)
     labels, valid = answer_windows(examples, window)
     h = hashlib.sha256()
     for b in batches:

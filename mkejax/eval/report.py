@@ -118,17 +118,18 @@ def load_results(path: str | os.PathLike) -> pd.DataFrame:
     return df
 
 
-def _label(row) -> str:
-    if row["edit_lang"] == BASELINE:
+def _label(row, skip: Sequence[str] = ()) -> str:
+    """A variant's row label, e.g. ``memit · tsvm · shared cov · α=1 · r=0.1`` (fields in ``skip`` left out)."""
+    if row.get("edit_lang") == BASELINE:
         return "pre-edit"
     parts = [str(row["method"])]
     if pd.notna(row["merge"]):
         parts.append(str(row["merge"]))
     if pd.notna(row["shared_cov"]):
         parts.append("shared cov" if bool(row["shared_cov"]) else "own cov")
-    if pd.notna(row["alpha"]):
+    if "alpha" not in skip and pd.notna(row["alpha"]):
         parts.append(f"α={row['alpha']:g}")
-    if pd.notna(row["rank_ratio"]):
+    if "rank_ratio" not in skip and pd.notna(row["rank_ratio"]):
         parts.append(f"r={row['rank_ratio']:g}")
     return " · ".join(parts)
 
@@ -240,10 +241,9 @@ def plot_sweep(
     fig = Figure(figsize=(3.2 * len(present), 3.0))
     axes = fig.subplots(1, len(present), squeeze=False)[0]
     for ax, metric in zip(axes, present):
-        for key, g in avg[avg["metric"] == metric].groupby(others, dropna=False, sort=False):
+        for _, g in avg[avg["metric"] == metric].groupby(others, dropna=False, sort=False):
             g = g.sort_values(x)
-            label = " · ".join(str(v) for k, v in zip(others, key) if pd.notna(v) and k != "model")
-            ax.plot(g[x], g["value"] * 100, marker="o", label=label or "edit")
+            ax.plot(g[x], g["value"] * 100, marker="o", label=_label(g.iloc[0], skip=(x,)))
         ax.set_title(metric, fontsize=9)
         ax.set_xlabel("α" if x == "alpha" else "TSVM rank ratio")
         ax.set_ylim(-2, 102)

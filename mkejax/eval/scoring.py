@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from mkejax.eval.encoding import Batch
 from mkejax.models.llama import CausalLM, hf_name, layer_deltas
-from mkejax.sharding import DATA
+from mkejax.sharding import DATA, batch_sharding
 
 Delta = Mapping[str, jax.Array] | Mapping[int, jax.Array] | None
 
@@ -77,8 +77,12 @@ def split_delta(model: CausalLM, delta: Delta) -> tuple[dict[int, jax.Array], di
     return down, other
 
 
-@functools.partial(jax.jit, static_argnums=(0, 6))
-def _argmax_window(graphdef, state, down, other, ids, mask, window):
+# Logit elements materialised at once when reading off the argmax ([B, chunk, V] float32: 128 MiB).
+_LOGIT_BUDGET = 1 << 25
+
+
+@functools.partial(jax.jit, static_argnums=(0, 6, 7))
+def _argmax_window(graphdef, state, down, other, ids, mask, window, chunk):
     """Argmax token ids [B, K] of the next-token logits at positions T-K-1 .. T-2 (the answer window)."""
     model = nnx.merge(graphdef, state)
     if other:
@@ -87,10 +91,20 @@ def _argmax_window(graphdef, state, down, other, ids, mask, window):
                 var[...] = var[...] + other[hf_name(path)].astype(var.dtype)
     last = model.config.num_hidden_layers - 1
     out = model.forward(ids, mask, deltas=down or None, stop_layer=last, return_hidden_after=last)
-    t = ids.shape[1]
-    # Only the answer window needs logits: unembedding K positions instead of T saves a [B, T, V] tensor.
+    b, t = ids.shape
+    # Only the answer window needs logits, and only `chunk` positions at a time: [B, K, V] for long answers and
+    # large vocabularies (Qwen: 151k) would not fit.
     h = out.hidden[:, t - 1 - window : t - 1]  # [B, K, D]
-    return jnp.argmax(model.unembed(h), axis=-1).astype(jnp.int32)  # [B, K]
+    pad = -window % chunk
+    h = jnp.pad(h, ((0, 0), (pad, 0), (0, 0)))  # [B, K + pad, D]
+    h = h.reshape(b, -1, chunk, h.shape[-1]).swapaxes(0, 1)  # [K', B, C, D]
+    pred = jax.lax.map(lambda x: jnp.argmax(model.unembed(x), axis=-1), h)  # [K', B, C]
+    return pred.swapaxes(0, 1).reshape(b, -1)[:, pad:].astype(jnp.int32)  # [B, K]
+
+
+def _chunk(batch: int, window: int, vocab: int) -> int:
+    c = max(1, _LOGIT_BUDGET // (batch * vocab))
+    return min(window, 1 << (c.bit_length() - 1))  # a power of two, at most the window
 
 
 def predict(
@@ -112,7 +126,8 @@ def predict(
       n_examples: number of examples the batches index.
       window: K of the returned array (batches with a smaller window are right-aligned into it).
       delta: the edit (see :func:`split_delta`); None scores the unedited model.
-      mesh: optional mesh; batch rows are sharded over its ``data`` axis.
+      mesh: optional mesh; batch rows are sharded over its ``data`` axis. The model's parameters must already be
+        on that mesh (``load_model(..., mesh=mesh)`` or :func:`mkejax.sharding.shard_model`).
       progress: show a tqdm bar over batches.
 
     Returns:
@@ -126,7 +141,7 @@ def predict(
         n_data = mesh.shape[DATA]
         if any(b.ids.shape[0] % n_data for b in batches):
             raise ValueError(f"batch size must be a multiple of the mesh's {DATA} axis ({n_data})")
-        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(DATA, None))
+        sharding = batch_sharding(mesh)
     out = np.full((n_examples, window), -1, np.int32)
 
     def collect(batch, pending):
@@ -139,7 +154,8 @@ def predict(
         ids, mask = (jnp.asarray(batch.ids), jnp.asarray(batch.mask))
         if sharding is not None:
             ids, mask = jax.device_put(ids, sharding), jax.device_put(mask, sharding)
-        pending = _argmax_window(graphdef, state, down, other, ids, mask, batch.window)
+        chunk = _chunk(batch.ids.shape[0], batch.window, model.config.vocab_size)
+        pending = _argmax_window(graphdef, state, down, other, ids, mask, batch.window, chunk)
         if previous is not None:  # one batch in flight while the host copies the previous one back
             collect(*previous)
         previous = (batch, pending)

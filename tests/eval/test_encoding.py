@@ -61,7 +61,8 @@ def test_batches_left_padded_fixed_shape():
     examples = encode_pairs(tok, words, ["xy"] * len(words))
     groups = ["edit", "edit", "locality", "edit", "edit"]
     batches = make_batches(examples, groups, batch_size=2, window=4)
-    assert {b.shape for b in batches} == {(2, 8, 4), (2, 16, 4), (2, 24, 4)}
+    # Bucket 8 holds two "edit" rows (B = 2); buckets 16 and 24 one row each (B = 1, not 2 copies).
+    assert {b.shape for b in batches} == {(2, 8, 4), (1, 16, 4), (1, 24, 4)}
     seen = np.concatenate([b.rows for b in batches])
     assert sorted(seen[seen >= 0]) == list(range(len(words)))
     for b in batches:
@@ -77,3 +78,15 @@ def test_batches_left_padded_fixed_shape():
         make_batches(
             examples, groups, batch_size=2, window=4, max_length=12, names=[f"w{i}" for i in range(5)]
         )
+
+
+def test_automatic_window_and_batch_sizes():
+    tok = build_hand_tokenizer()
+    # Answers of 2 tokens in short rows and 10 tokens in one long row; 5 short rows, 1 long one.
+    examples = encode_pairs(tok, ["ab"] * 5 + ["abcdefghijklmno"], ["xy"] * 5 + ["abcdefghij"])
+    batches = make_batches(examples, ["edit"] * 6, batch_size=4)
+    assert sorted(b.shape for b in batches) == [(1, 32, 16), (4, 8, 7), (4, 8, 7)]  # K = min(T - 1, 8·⌈n/8⌉)
+    batches = make_batches(examples, ["edit"] * 6, batch_size=8, batch_multiple=4)
+    assert sorted(b.shape for b in batches) == [(4, 32, 16), (8, 8, 7)]
+    with pytest.raises(ValueError, match="multiple of batch_multiple"):
+        make_batches(examples, ["edit"] * 6, batch_size=6, batch_multiple=4)

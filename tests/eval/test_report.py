@@ -1,0 +1,108 @@
+"""Tidy results, CSV/JSON, the Markdown table, heatmaps and sweep plots."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mkejax.data.request import LANGUAGES
+from mkejax.eval import (
+    COLUMNS,
+    METRICS,
+    PROTOCOL_NOTE,
+    load_results,
+    markdown_table,
+    plot_matrix,
+    plot_sweep,
+    save_results,
+    tidy,
+    write_report,
+)
+from mkejax.eval.protocols import matrix
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def summary(value_of, langs=LANGUAGES, edit_lang=None):
+    rows = [{"test_lang": t, "metric": m, "value": value_of(t, m), "n": 10} for t in langs for m in METRICS]
+    out = pd.DataFrame(rows)
+    return out if edit_lang is None else out.assign(edit_lang=edit_lang)
+
+
+@pytest.fixture(scope="module")
+def results():
+    rng = np.random.default_rng(0)
+    frames = [tidy(summary(lambda t, m: 1.0 if m == "locality" else 0.2), model="tiny", method="none",
+                   edit_lang="none")]
+    for merge, shared in itertools.product(["sum", "tsvm"], [False, True]):
+        for alpha in (0.5, 1.0, 2.0):
+            frames.append(tidy(summary(lambda t, m: rng.uniform(0.3, 1.0)), model="tiny", method="memit",
+                               merge=merge, shared_cov=shared, alpha=alpha,
+                               rank_ratio=0.1 if merge == "tsvm" else None))
+    matrix_rows = pd.concat([summary(lambda t, m, e=e: 0.9 if t == e else 0.4, edit_lang=e) for e in LANGUAGES])
+    frames.append(tidy(matrix_rows, model="tiny", method="memit"))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_tidy_columns(results):
+    assert tuple(results.columns) == COLUMNS
+    assert len(results) == (1 + 12 + 12) * 12 * 4
+    with pytest.raises(ValueError, match="lacks columns"):
+        tidy(pd.DataFrame({"metric": ["reliability"]}), model="m", method="memit")
+
+
+def test_csv_json_roundtrip(results, tmp_path):
+    csv, js = save_results(results, tmp_path / "out" / "results")
+    assert csv.name == "results.csv" and js.name == "results.json"
+    for path in (csv, js):
+        back = load_results(path)
+        assert list(back.columns) == list(COLUMNS) and len(back) == len(results)
+        np.testing.assert_allclose(back["value"], results["value"])
+        assert back["alpha"].isna().sum() == results["alpha"].isna().sum()
+    assert not list((tmp_path / "out").glob("*.tmp"))
+    with pytest.raises(ValueError, match="not a results table"):
+        pd.DataFrame({"x": [1]}).to_csv(tmp_path / "bad.csv")
+        load_results(tmp_path / "bad.csv")
+
+
+def test_markdown_layout(results):
+    md = markdown_table(results)
+    lines = [line for line in md.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header == ["Variant", "Rel.", "Gen.", "Loc.", "Port.", *LANGUAGES]
+    rows = lines[2:]
+    assert len(rows) == 1 + 4 * 3  # pre-edit + merge variants (matrix rows are not tabulated)
+    first = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert first[:5] == ["pre-edit", "20.0", "20.0", "100.0", "20.0"]
+    assert any(r.startswith("| memit · tsvm · shared cov · α=2 · r=0.1 |") for r in rows)
+    sub = results[(results["merge"] == "sum") & (results["shared_cov"] == True) & (results["alpha"] == 1.0)]  # noqa: E712
+    row = next(r for r in rows if r.startswith("| memit · sum · shared cov · α=1 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    rel = sub[sub["metric"] == "reliability"].set_index("test_lang")["value"]
+    assert cells[1] == f"{rel.mean() * 100:.1f}" and cells[5] == f"{rel['en'] * 100:.1f}"
+    assert PROTOCOL_NOTE in md and "EasyEdit" in md
+
+
+def test_heatmap_and_sweeps(results, tmp_path):
+    table = matrix(results[results["edit_lang"].isin(LANGUAGES)], "reliability", LANGUAGES)
+    png = plot_matrix(table, tmp_path / "matrix.png", title="memit — reliability")
+    assert png.read_bytes()[:8] == PNG and png.stat().st_size > 10_000
+    sweep = plot_sweep(results, tmp_path / "alpha.png", x="alpha")
+    assert sweep.read_bytes()[:8] == PNG
+    with pytest.raises(ValueError, match="no merged-edit rows"):
+        plot_sweep(results[results["merge"] == "sum"], tmp_path / "r.png", x="rank_ratio")
+    with pytest.raises(ValueError, match="'alpha' or 'rank_ratio'"):
+        plot_sweep(results, tmp_path / "x.png", x="density")
+
+
+def test_write_report(results, tmp_path):
+    paths = write_report(results, tmp_path)
+    names = sorted(p.name for p in paths)
+    assert "results.csv" in names and "results.json" in names and "results.md" in names
+    assert "results_sweep_alpha.png" in names and "results_sweep_rank_ratio.png" not in names
+    heatmaps = [n for n in names if n.startswith("results_matrix_")]
+    assert len(heatmaps) == len(METRICS)
+    assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
