@@ -17,6 +17,16 @@ mean over the answer tokens of [argmax of the logits at the previous position ==
 
 A request's score is its per-token mean; a language's score is the mean over its requests that have the pair
 (EasyEdit averages per-request accuracies, not pooled tokens).
+
+Where we differ from EasyEdit (zjunlp/EasyEdit ``easyeditor/evaluate/evaluate_utils.py``, ``test_prediction_acc``):
+
+* the answer-token boundary when a merge crosses it (see :mod:`mkejax.eval.encoding`; identical otherwise);
+* positions: EasyEdit's left-padded batch forward numbers positions from the first (padding) column, we from
+  each row's first real token (as ``generate`` does); RoPE attention depends only on relative positions, so the
+  two agree up to float rounding — the tests compare with unpadded single sequences in transformers;
+* no truncation (EasyEdit truncates to ``max(hparams.max_length, longest pair)``, i.e. effectively none either);
+  ``max_length`` raises instead of cutting;
+* an empty answer or one that adds no token raises, naming the request (EasyEdit drops the NaN score silently).
 """
 
 from __future__ import annotations
