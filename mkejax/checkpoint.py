@@ -599,7 +599,7 @@ class ArtefactStore:
         *,
         sharding: Any = None,
         log: Callable | None = None,
-        metadata: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
     ) -> tuple[Any, bool]:
         """The artefact ``name`` for ``settings``: loaded when a valid one with their fingerprint exists, else
         ``compute_fn()`` saved and returned.
@@ -611,7 +611,8 @@ class ArtefactStore:
           compute_fn: returns the tree when it must be (re)computed.
           sharding: as in :func:`load_artefact`; a computed tree is placed on it too, so both paths agree.
           log: overrides the store's log for this call.
-          metadata: extra JSON-able facts to store (e.g. token counts, languages).
+          metadata: extra JSON-able facts to store (e.g. token counts, languages), or a zero-argument callable
+            returning them, called after ``compute_fn`` (for facts the computation produces, e.g. diagnostics).
 
         Returns:
           ``(tree, cached)``; ``cached`` is True when the tree was read from disk.
@@ -629,7 +630,8 @@ class ArtefactStore:
                 log(f"recomputing: {name} ({reason})")
             tree = _place(compute_fn(), sharding)
             meta = {"name": name, "fingerprint": fp, "settings": settings, "config_hash": self.config_hash}
-            save_artefact(path, tree, metadata={**(metadata or {}), **meta})
+            extra = metadata() if callable(metadata) else metadata
+            save_artefact(path, tree, metadata={**(extra or {}), **meta})
             log(f"{name}: computed and saved (fingerprint {fp[:12]})")
         self.records.append(ArtefactRecord(name, result is not None, reason, time.perf_counter() - start))
         return tree, result is not None

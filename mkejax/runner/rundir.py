@@ -1,28 +1,9 @@
-"""The experiment runner's run directory: layout, identity, artefact names.
-
-Run directory (an experiment's ``output_dir``; ``runs/{name}`` by default)::
-
-    run_dir/
-      run.json                          experiment name, config hash, created/updated times, earlier config hashes
-      config.yaml                       the resolved config of the latest run (``mkejax config`` prints the same)
-      artefacts/                        Orbax artefacts (mkejax.checkpoint), each reused only on a fingerprint match
-        stats/layer<L>/                 key second moment C_l [F, F] and its token count, per edited layer
-        edits/<lang>/                   one language's edit vector {parameter path: delta} + per-request diagnostics
-        merged/<variant>_a<α>_r<rank>/  a merged delta per merge variant (e.g. tsvm_shared), α and rank ratio
-        params/<variant>_a<α>_r<rank>/  full merged model parameters (only on request)
-      results/                          tidy scores (CSV, JSON)
-      plots/                            PNG figures (heatmaps, metrics vs α, metrics vs rank ratio)
-      report.md                         the report, linking results/ and plots/
-
-Identity: a run directory belongs to one experiment ``name``. Opening it with a config of another name is an
-error (choose another ``output_dir``); opening it with a changed config of the same name logs what changed,
-records the new config hash, and leaves reuse to the artefacts' fingerprints, so exactly the artefacts whose
-inputs changed are recomputed (results, plots and the report are rewritten by every run). A non-empty directory
-that is not a run directory is never written into.
-"""
+"""Run directories: artefact names, the merge jobs of a config, and a directory's identity (which experiment
+and config made it). The layout is described in :mod:`mkejax.runner`."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -36,7 +17,7 @@ from mkejax.checkpoint import settings_diff
 from mkejax.config import ExperimentConfig, MergeVariant
 from mkejax.distributed import barrier, is_main_process
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("mkejax.runner")
 
 RUN_FILE, CONFIG_FILE = "run.json", "config.yaml"
 ARTEFACTS, RESULTS, PLOTS, REPORT = "artefacts", "results", "plots", "report.md"
@@ -47,18 +28,18 @@ class RunDirError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------------ artefact names
+def _num(x: float | None) -> str:
+    return "default" if x is None else f"{x:g}"
+
+
 def stats_name(layer: int) -> str:
     """Artefact name of the key statistics of ``layer``."""
     return f"stats/layer{int(layer)}"
 
 
-def edit_name(lang: str) -> str:
-    """Artefact name of one language's edit vector."""
-    return f"edits/{lang}"
-
-
-def _num(x: float | None) -> str:
-    return "default" if x is None else f"{x:g}"
+def edit_name(languages, shared_cov: bool) -> str:
+    """Artefact name of the per-language edit vectors of ``languages``: ``edits/own_en-de`` / ``edits/shared_...``."""
+    return f"edits/{'shared' if shared_cov else 'own'}_{'-'.join(languages)}"
 
 
 def merged_name(variant: MergeVariant, alpha: float, rank_ratio: float | None = None) -> str:
@@ -70,6 +51,66 @@ def merged_name(variant: MergeVariant, alpha: float, rank_ratio: float | None = 
 def params_name(variant: MergeVariant, alpha: float, rank_ratio: float | None = None) -> str:
     """Artefact name of the full merged parameters of a merged delta."""
     return "params/" + merged_name(variant, alpha, rank_ratio).split("/", 1)[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class MergeJob:
+    """One merged edit: a variant (method x covariance mode), α and, for TSVM, the rank ratio (None = 1/L)."""
+
+    variant: MergeVariant
+    alpha: float
+    rank_ratio: float | None = None
+
+    @property
+    def name(self) -> str:
+        return merged_name(self.variant, self.alpha, self.rank_ratio)
+
+    @property
+    def tag(self) -> str:
+        """``tsvm_shared_a1.5_r0.1``: the name without its folder (what ``mkejax export`` takes)."""
+        return self.name.split("/", 1)[1]
+
+    def hparams(self, config: ExperimentConfig) -> dict:
+        """Keyword hyperparameters of `mkejax.merge.get` for this job."""
+        method, merge = self.variant.method, config.merge
+        out: dict = {"alpha": self.alpha}
+        if method == "tsvm":
+            out["rank_ratio"] = self.rank_ratio
+        elif method == "ties":
+            out["density"] = merge.ties_density
+        elif method == "task_arithmetic" and merge.language_weights is not None:
+            langs = config.data.languages
+            extra = sorted(set(merge.language_weights) - set(langs))
+            if extra:
+                raise ValueError(
+                    f"merge.language_weights: languages {extra} are not in data.languages {langs}"
+                )
+            out["weights"] = [float(merge.language_weights.get(lang, 1.0)) for lang in langs]
+        return out
+
+    def effective_rank_ratio(self, num_languages: int) -> float | None:
+        """The rank ratio TSVM uses (1/L when unset); None for other methods."""
+        if self.variant.method != "tsvm":
+            return None
+        return 1.0 / num_languages if self.rank_ratio is None else self.rank_ratio
+
+
+def merge_jobs(config: ExperimentConfig) -> list[MergeJob]:
+    """Every merge of the config: variants x α grid (x rank-ratio grid for TSVM), in config order."""
+    jobs = []
+    for variant in config.merge.variants:
+        ranks = config.merge.rank_ratios if variant.method == "tsvm" else (None,)
+        jobs += [MergeJob(variant, a, r) for a in config.merge.alphas for r in ranks]
+    return jobs
+
+
+def job_from_tag(config: ExperimentConfig, tag: str) -> MergeJob:
+    """The merge job of ``config`` called ``tag`` (``tsvm_shared_a1.5_r0.1``); the error lists the valid tags."""
+    tag = tag.split("/", 1)[1] if tag.startswith(("merged/", "params/")) else tag
+    jobs = {j.tag: j for j in merge_jobs(config)}
+    if tag not in jobs:
+        raise ValueError(f"no merge {tag!r} in this run's config; valid: {', '.join(jobs)}")
+    return jobs[tag]
 
 
 # ---------------------------------------------------------------------------------------------------- identity
@@ -100,6 +141,25 @@ def read_run_info(run_dir: str | os.PathLike) -> dict | None:
             f"{path}: unreadable run record ({e}); move the directory away or fix the file"
         ) from None
     return info
+
+
+def run_config(run_dir: str | os.PathLike) -> ExperimentConfig:
+    """The config recorded in a run directory (``config.yaml``), checked against its ``run.json``."""
+    from mkejax.config import config_from_dict
+
+    run_dir = pathlib.Path(run_dir)
+    info = read_run_info(run_dir)
+    if info is None:
+        raise RunDirError(f"{run_dir} is not a mkejax run directory (no {RUN_FILE})")
+    path = run_dir / CONFIG_FILE
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise RunDirError(f"{path}: cannot read the run's config: {e}") from None
+    config = config_from_dict(raw, source=str(path))
+    if config.config_hash() != info["config_hash"]:
+        raise RunDirError(f"{path} does not match the config hash recorded in {run_dir / RUN_FILE}")
+    return config
 
 
 def prepare_run_dir(config: ExperimentConfig, *, log: Callable[[str], None] | None = None) -> pathlib.Path:

@@ -1,0 +1,200 @@
+"""A run's report: ``report.md`` linking the results table (Lee et al. 2026's layout), metric-vs-α and
+metric-vs-rank-ratio plots, cross-lingual heatmaps with ELFI/ELFO (Breaking Boundaries, arXiv 2406.11139), edit
+diagnostics and the time per stage. Built from ``results/`` alone, so ``mkejax report RUN_DIR`` can redo it."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import pandas as pd
+
+from mkejax.config import ExperimentConfig
+from mkejax.runner.rundir import PLOTS, REPORT, RESULTS, _write_atomic
+
+_METRIC_LABEL = {"reliability": "Rel.", "generality": "Gen.", "locality": "Loc.", "portability": "Port."}
+
+
+def _pct(v: float) -> str:
+    return "–" if pd.isna(v) else f"{100 * v:.1f}"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _cross_lingual(df: pd.DataFrame, languages, run_dir: pathlib.Path) -> list[str]:
+    from mkejax.eval import BASELINE, MERGED, elfi_elfo, matrix, plot_matrix
+
+    rows = df[~df["edit_lang"].isin([MERGED, BASELINE])]
+    if rows.empty:
+        return []
+    out = [
+        "## Cross-lingual transfer: each language's edit alone",
+        "",
+        (
+            "Each language's own-covariance edit vector applied alone and scored in every language (rows: edit "
+            "language, columns: test language). ELFI: edit language = test language; ELFO: the other languages."
+        ),
+        "",
+    ]
+    elfi_rows, images = [], []
+    for metric in dict.fromkeys(rows["metric"]):
+        table = matrix(rows, metric, languages)
+        e = elfi_elfo(table)
+        elfi_rows.append([metric, _pct(e["elfi"]), _pct(e["elfo"])])
+        path = plot_matrix(table, run_dir / PLOTS / f"cross_lingual_{metric}.png", title=f"{metric} (%)")
+        images.append(f"![{metric}]({PLOTS}/{path.name})")
+    out += [_md_table(["metric", "ELFI", "ELFO"], elfi_rows), "", *images, ""]
+    return out
+
+
+def _sweeps(df: pd.DataFrame, run_dir: pathlib.Path) -> list[str]:
+    from mkejax.eval import MERGED, plot_sweep
+
+    merged = df[df["edit_lang"] == MERGED]
+    out = []
+    if merged["alpha"].nunique() > 1:
+        path = plot_sweep(df, run_dir / PLOTS / "sweep_alpha.png", x="alpha", title="metrics vs α")
+        out += ["## Metrics vs α", "", f"![metrics vs alpha]({PLOTS}/{path.name})", ""]
+    tsvm = merged[merged["merge"] == "tsvm"]
+    if tsvm["rank_ratio"].nunique() > 1:
+        path = plot_sweep(
+            tsvm,
+            run_dir / PLOTS / "sweep_rank_ratio.png",
+            x="rank_ratio",
+            title="TSVM: metrics vs rank ratio",
+        )
+        out += ["## TSVM: metrics vs rank ratio", "", f"![metrics vs rank ratio]({PLOTS}/{path.name})", ""]
+    return out
+
+
+def _diagnostics(run_dir: pathlib.Path) -> list[str]:
+    path = run_dir / RESULTS / "edit_diagnostics.csv"
+    if not path.is_file():
+        return []
+    d = pd.read_csv(path)
+    if d.empty:
+        return []
+    d = d[d["shared_cov"] == d["shared_cov"].min()]  # target values do not depend on the covariance mode
+    rows = []
+    for lang, g in d.groupby("lang", sort=False):
+        live = g[~g["skipped"].astype(bool)]
+        rows.append([
+            str(lang), str(len(live)), str(len(g) - len(live)),
+            f"{live['final_nll'].mean():.3f}" if len(live) else "–",
+            f"{live['steps'].mean():.1f}" if len(live) else "–",
+            f"{live['delta_ratio'].mean():.2f}" if len(live) else "–",
+        ])  # fmt: skip
+    header = ["language", "edited", "skipped", "mean final NLL", "mean steps", "mean ‖δ‖/‖h‖"]
+    return [
+        "## Edits",
+        "",
+        (
+            "Target-value optimisation per language (MEMIT `compute_z`): requests edited and skipped (subject not "
+            f"located), mean final NLL of the target, Adam steps used, and ‖δ‖/‖h‖. Per request: "
+            f"[edit_diagnostics.csv]({RESULTS}/edit_diagnostics.csv)."
+        ),
+        "",
+        _md_table(header, rows),
+        "",
+    ]
+
+
+def _timings(run_dir: pathlib.Path, summary) -> list[str]:
+    if summary is not None:
+        stages = [
+            {"name": s.name, "seconds": s.seconds, "cpu_seconds": s.cpu_seconds, "cached": s.cached,
+             "recomputed": s.recomputed}
+            for s in summary.stages
+        ]  # fmt: skip
+    else:
+        path = run_dir / RESULTS / "run_summary.json"
+        if not path.is_file():
+            return []
+        stages = json.loads(path.read_text(encoding="utf-8"))["stages"]
+    rows = [
+        [
+            s["name"],
+            f"{s['seconds']:.1f}",
+            f"{s['cpu_seconds']:.1f}",
+            str(len(s["cached"])),
+            str(len(s["recomputed"])),
+        ]
+        for s in stages
+    ]
+    return ["## Run", "", _md_table(["stage", "wall s", "CPU s", "reused", "computed"], rows), ""]
+
+
+def write_run_report(
+    run_dir: str | os.PathLike, config: ExperimentConfig, results: pd.DataFrame | None = None, *, summary=None
+) -> pathlib.Path:
+    """Writes ``results/table.md``, the plots and ``report.md`` of a run; returns the report's path.
+
+    Args:
+      run_dir: the run directory.
+      config: the run's config (for languages and the description).
+      results: the tidy results; default: ``results/results.csv`` of the run.
+      summary: the `RunSummary` of the current run for the timing table (default: ``results/run_summary.json``).
+
+    Raises:
+      FileNotFoundError: no results yet (run ``mkejax eval`` or ``mkejax run`` first).
+    """
+    from mkejax.eval import BASELINE, MERGED, load_results, markdown_table
+
+    run_dir = pathlib.Path(run_dir)
+    if results is None:
+        path = run_dir / RESULTS / "results.csv"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no results yet; run `mkejax eval` or `mkejax run` first")
+        results = load_results(path)
+    (run_dir / PLOTS).mkdir(parents=True, exist_ok=True)
+    langs = list(config.data.languages)
+    cfg = config
+    stats = cfg.statistics
+    sample = " and ".join(
+        s for s in (f"{stats.samples:,} documents" if stats.samples else "",
+                    f"{stats.tokens:,} tokens" if stats.tokens else "") if s
+    )  # fmt: skip
+    n = results["n"].max() if len(results) else 0
+    lines = [
+        f"# mkejax report: {cfg.name}",
+        "",
+        f"- model: `{cfg.model.source}` ({cfg.model.dtype})",
+        f"- edit: {cfg.edit.method}, preset `{cfg.edit.preset}`"
+        + (f", overrides {dict(cfg.edit.overrides)}" if cfg.edit.overrides else ""),
+        f"- requests: `{cfg.data.source}`, {len(langs)} languages ({', '.join(langs)}), up to {n} per language",
+        f"- key statistics: {cfg.statistics.corpus.kind} corpus, {sample}, max length {stats.max_length}",
+        (
+            f"- merges: {', '.join(v.name for v in cfg.merge.variants)}; α ∈ {list(cfg.merge.alphas)}; TSVM rank "
+            f"ratio ∈ {[r if r is not None else '1/L' for r in cfg.merge.rank_ratios]}"
+        ),
+        (
+            f"- config hash `{cfg.config_hash()[:16]}`; files: [results.csv]({RESULTS}/results.csv), "
+            f"[results.json]({RESULTS}/results.json), [config.yaml](config.yaml)"
+        ),
+        "",
+    ]
+    if results["edit_lang"].isin([MERGED, BASELINE]).any():
+        table = markdown_table(results, languages=langs)
+        _write_atomic(run_dir / RESULTS / "table.md", table)
+        lines += [
+            "## Merged multilingual edits",
+            "",
+            (
+                "Rows: the merge variants (and the unedited model); columns: the four metrics averaged over the test "
+                "languages, then reliability per test language ([table.md](results/table.md))."
+            ),
+            "",
+            table.strip(),
+            "",
+        ]
+    lines += _sweeps(results, run_dir)
+    lines += _cross_lingual(results, langs, run_dir)
+    lines += _diagnostics(run_dir)
+    lines += _timings(run_dir, summary)
+    path = run_dir / REPORT
+    _write_atomic(path, "\n".join(lines))
+    return path

@@ -1,0 +1,98 @@
+"""Exporting a merged model of a run as a Hugging Face checkpoint: transformers loads it, its logits equal ours
+(model + merged delta) and its tensors equal base + delta, whether the parameters come from the ``params``
+artefact (``save_params``) or are rebuilt from the merged delta."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from runner_helpers import copy_run, shared_base, tiny_presets
+
+from mkejax.checkpoint import load_artefact
+from mkejax.config import config_from_dict
+from mkejax.export import export
+from mkejax.models.llama import down_proj_path
+from mkejax.runner import run
+
+PROMPTS = ["The capital of France is", "Die Hauptstadt von Deutschland ist Berlin, und"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tiny_checkpoint):
+    """A copy of the shared tiny run with full merged parameters saved (only the params stage runs)."""
+    root = tmp_path_factory.mktemp("export")
+    with pytest.MonkeyPatch.context() as mp, tiny_presets(root / "presets", mp):
+        base, _, _, runner = shared_base(
+            tmp_path_factory.getbasetemp() / "runner-base", tiny_checkpoint("llama")
+        )
+        raw = {**base.to_dict(), "output_dir": str(root / "run"), "save_params": True}
+        cfg = config_from_dict(raw)
+        copy_run(base.run_dir, cfg.run_dir)
+        summary = run(cfg, until="params", progress=False)
+        yield cfg, summary, runner, root
+
+
+def _our_logits(runner, delta, prompts):
+    tok = runner.tokenizer
+    enc = tok(prompts, return_tensors="np", padding=True)
+    out = runner.model.forward(
+        jnp.asarray(enc["input_ids"]), jnp.asarray(enc["attention_mask"]),
+        deltas={int(l): d for l, d in delta.items()},
+    )  # fmt: skip
+    return np.asarray(out.logits), enc
+
+
+@pytest.mark.parametrize("variant, source", [("sum_shared_a1.5", "params"), ("tsvm_shared_a1_r0.5", "delta")])
+def test_export_round_trip_through_transformers(exported, variant, source):
+    import torch
+    import transformers
+
+    cfg, summary, runner, root = exported
+    assert {n.split("/")[0] for n, _ in summary.recomputed} == {"params"} and not any(
+        n.startswith(("stats", "edits", "merged")) for n, _ in summary.recomputed
+    )
+    art = cfg.run_dir / "artefacts"
+    if source == "delta":  # without the params artefact the export rebuilds base + merged delta
+        shutil.rmtree(art / "params" / variant)
+    out = export(cfg.run_dir, variant, root / f"hf-{variant}")
+    info = json.loads((out / "mkejax_export.json").read_text())
+    assert info["variant"] == variant and info["from"].startswith(
+        "params" if source == "params" else "base model"
+    )
+
+    delta = load_artefact(art / "merged" / variant)[0]["deltas"]
+    model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    ours, enc = _our_logits(runner, delta, PROMPTS)
+    assert tok(PROMPTS)["input_ids"] == runner.tokenizer(PROMPTS)["input_ids"]
+    with torch.no_grad():
+        theirs = model(
+            input_ids=torch.as_tensor(enc["input_ids"]), attention_mask=torch.as_tensor(enc["attention_mask"])
+        ).logits.numpy()
+    mask = enc["attention_mask"].astype(bool)
+    np.testing.assert_allclose(theirs[mask], ours[mask], atol=1e-4, rtol=1e-4)
+    # tensors: base + delta on the edited layers, the base elsewhere
+    from safetensors.numpy import load_file
+
+    tensors = load_file(out / "model.safetensors")
+    for layer, d in delta.items():
+        name = down_proj_path(int(layer))
+        want = np.asarray(runner.model.layers[int(layer)].mlp.down_proj.weight[...]) + np.asarray(d)
+        np.testing.assert_allclose(tensors[name], want, rtol=1e-6, atol=1e-7)
+
+
+def test_export_errors(exported):
+    cfg, _, _, root = exported
+    with pytest.raises(
+        ValueError, match="no merge 'sum_own_a3' in this run's config; valid: sum_own_a1, sum_own_a1.5"
+    ):
+        export(cfg.run_dir, "sum_own_a3", root / "x")
+    (root / "taken").mkdir()
+    with pytest.raises(ValueError, match="exists"):
+        export(cfg.run_dir, "sum_own_a1", root / "taken")
+    assert export(cfg.run_dir, "sum_own_a1", root / "taken", force=True) == root / "taken"
+    assert (root / "taken" / "config.json").is_file() and not (root / ".taken.tmp").exists()

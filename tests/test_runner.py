@@ -1,0 +1,270 @@
+"""The experiment runner on a tiny model, end to end: every stage and protocol, artefact reuse, resume after an
+interruption and after damaged artefacts (identical final numbers), invalidation of exactly what a config change
+affects, and clear errors for bad inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import pathlib
+import re
+import shutil
+
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+from runner_helpers import LANGS, config, copy_run, shared_base, tiny_presets, write_corpus
+
+from mkejax.checkpoint import load_artefact
+from mkejax.data import CorpusError, DataError
+from mkejax.eval import BASELINE, MERGED
+from mkejax.models import LoadError
+from mkejax.runner import RESULTS, RunDirError, Runner, count_tokens, merge_jobs, run
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    root: pathlib.Path
+    checkpoint: pathlib.Path
+    corpus: str
+
+    def config(self, out, *overrides, **sections):
+        return config(self.checkpoint, self.corpus, self.root / out, *overrides, **sections)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_checkpoint):
+    root = tmp_path_factory.mktemp("runner")
+    with pytest.MonkeyPatch.context() as mp, tiny_presets(root / "presets", mp):
+        yield Setup(root, tiny_checkpoint("llama"), write_corpus(root / "corpus"))
+
+
+@pytest.fixture(scope="module")
+def base(setup, tmp_path_factory):
+    """The first run of the tiny experiment: (config, summary, results CSV text, runner)."""
+    return shared_base(tmp_path_factory.getbasetemp() / "runner-base", setup.checkpoint)
+
+
+def _names(records) -> set[str]:
+    return {r[0] if isinstance(r, tuple) else r for r in records}
+
+
+def test_first_run_computes_every_stage_and_protocol(base):
+    cfg, summary, _, _ = base
+    assert summary.cached == []
+    jobs = merge_jobs(cfg)
+    expected = {
+        "stats/layer1",
+        "stats/layer2",
+        "edits/own_en-de-fr",
+        "edits/shared_en-de-fr",
+        "scores/pre_edit",
+    }
+    expected |= {j.name for j in jobs} | {f"scores/{j.name}" for j in jobs}
+    expected |= {f"scores/cross_lingual/{lang}" for lang in LANGS}
+    # α = 1.5 merges are 1.5 x the α = 1 merge, which is an artefact of its own even when α = 1 is not in the grid
+    assert _names(summary.recomputed) == expected
+    assert {why for _, why in summary.recomputed} == {"not computed before"}
+    assert [s.name for s in summary.stages] == [
+        "load",
+        "statistics",
+        "edits",
+        "merges",
+        "evaluation",
+        "report",
+    ]
+
+    df = summary.results
+    metrics = {"reliability", "generality", "locality", "portability"}
+    pre = df[df["edit_lang"] == BASELINE]
+    assert set(pre["test_lang"]) == set(LANGS) and set(pre["metric"]) <= metrics
+    assert (pre[pre["metric"] == "locality"]["value"] == 1.0).all()
+    merged = df[df["edit_lang"] == MERGED]
+    assert len(merged.groupby(["merge", "shared_cov", "alpha", "rank_ratio"], dropna=False)) == len(jobs)
+    tsvm = merged[merged["merge"] == "tsvm"]
+    assert set(np.round(tsvm["rank_ratio"], 6)) == {round(1 / 3, 6), 0.5}  # None is reported as 1/L
+    cross = df[~df["edit_lang"].isin([MERGED, BASELINE])]
+    assert set(itertools.product(LANGS, LANGS)) == set(zip(cross["edit_lang"], cross["test_lang"]))
+    assert df["value"].between(0, 1).all() and (df["n"] == 2).all()
+    # the edits do something: some edited prediction moved off the pre-edit one somewhere
+    assert (merged[merged["metric"] == "locality"]["value"] < 1).any()
+
+
+def test_report_links_its_files(base):
+    cfg, summary, _, _ = base
+    run_dir = cfg.run_dir
+    text = (run_dir / "report.md").read_text()
+    assert summary.table in text or summary.table.strip() in text
+    links = re.findall(r"\]\(([^)]+)\)", text)
+    assert {"results/results.csv", "results/results.json", "plots/sweep_alpha.png",
+            "plots/sweep_rank_ratio.png", "plots/cross_lingual_reliability.png"} <= set(links)  # fmt: skip
+    for link in links:
+        assert (run_dir / link).is_file(), link
+    assert "ELFI" in text and "| en |" in text  # cross-lingual summary and the edit diagnostics table
+    table_rows = [line for line in summary.table.splitlines() if line.startswith("| memit")]
+    assert len(table_rows) == len(merge_jobs(cfg))
+    assert json.loads((run_dir / RESULTS / "run_summary.json").read_text())["stages"][0]["name"] == "load"
+
+
+def test_merged_artefacts_and_scores_match_direct_computation(base):
+    from mkejax.data import load_demo_facts
+    from mkejax.eval import evaluate_merged
+    from mkejax.merge import merge
+    from mkejax.models.llama import down_proj_path
+
+    cfg, summary, _, runner = base
+    art = cfg.run_dir / "artefacts"
+    edits = load_artefact(art / "edits/shared_en-de-fr")[0]["deltas"]
+    checked = [
+        j for j in merge_jobs(cfg) if j.variant.shared_cov and (j.variant.method == "sum" or j.rank_ratio)
+    ]
+    for job in checked:  # Sum, and TSVM at rank ratio 0.5 (each compiled TSVM costs seconds)
+        if job.variant.shared_cov:
+            got = load_artefact(art / job.name)[0]["deltas"]
+            want = merge(edits, job.variant.method, **job.hparams(cfg))
+            for layer in want:  # α != 1 is α x (the merge at α = 1): equal up to float32 rounding
+                np.testing.assert_allclose(got[layer], want[layer], rtol=1e-5, atol=1e-7)
+    # one merged edit scored again through the public evaluation API, from the artefact on disk
+    job = next(
+        j for j in merge_jobs(cfg) if j.variant.method == "sum" and j.variant.shared_cov and j.alpha == 1.5
+    )
+    delta = {down_proj_path(int(l)): d for l, d in load_artefact(art / job.name)[0]["deltas"].items()}
+    requests = load_demo_facts(LANGS, 2)
+    direct = evaluate_merged(runner.model, runner.tokenizer, requests, delta, batch_size=8, progress=False)
+    df = summary.results
+    ours = df[(df["merge"] == "sum") & (df["shared_cov"] == True) & (df["alpha"] == 1.5)]
+    pd.testing.assert_series_equal(
+        ours.set_index(["test_lang", "metric"])["value"].sort_index(),
+        direct.set_index(["test_lang", "metric"])["value"].sort_index(),
+    )
+
+
+def test_rerun_reuses_every_artefact_and_gives_identical_results(base):
+    cfg, first, csv, _ = base
+    again = run(cfg, progress=False)
+    assert again.recomputed == [] and set(again.cached) == _names(first.recomputed)
+    assert (cfg.run_dir / RESULTS / "results.csv").read_text() == csv
+
+
+def _flip_a_byte(folder: pathlib.Path) -> None:
+    """Silently damages the largest file under ``folder`` (Orbax reads it back without complaint)."""
+    data = max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0x10
+    data.write_bytes(bytes(raw))
+
+
+def test_resume_after_interruption_and_damaged_artefacts(base, setup, monkeypatch):
+    cfg0, _, csv, _ = base
+    cfg = setup.config("resumed")
+    art = copy_run(cfg0.run_dir, cfg.run_dir) / "artefacts"
+    tsvm = next(j.name for j in merge_jobs(cfg) if j.variant.method == "tsvm" and j.alpha == 1.5)
+    shutil.rmtree(art / tsvm)  # deleted
+    shutil.rmtree(art / "scores/cross_lingual/fr")
+    (art / "scores/pre_edit/COMPLETED").unlink()  # partial
+    _flip_a_byte(art / "edits/shared_en-de-fr/state")  # corrupt: silently damaged bytes
+    original = Runner._scores
+
+    def interrupt(self, name, *args, **kw):
+        if name == "scores/cross_lingual/fr":
+            raise RuntimeError("injected interruption")
+        return original(self, name, *args, **kw)
+
+    monkeypatch.setattr(Runner, "_scores", interrupt)
+    runner = Runner(cfg, progress=False)
+    with pytest.raises(RuntimeError, match="injected"):
+        runner.run()
+    reasons = {r.name: r.reason for r in runner.store.records if not r.cached}
+    assert reasons == {"edits/shared_en-de-fr": "corrupt", tsvm: "absent", "scores/pre_edit": "partial"}
+    assert (art / "edits" / ".shared_en-de-fr.corrupt").is_dir()  # moved aside, never mixed in
+    monkeypatch.setattr(Runner, "_scores", original)
+    resumed = run(cfg, progress=False)
+    assert _names(resumed.recomputed) == {"scores/cross_lingual/fr"}
+    assert (cfg.run_dir / RESULTS / "results.csv").read_text() == csv
+
+
+def test_alpha_grid_change_recomputes_only_the_new_merges(base, setup):
+    cfg0, _, _, _ = base
+    cfg = setup.config("alphas", "merge.alphas=1.0,1.5,2.0")
+    copy_run(cfg0.run_dir, cfg.run_dir)
+    summary = run(cfg, progress=False)
+    new = {j.name for j in merge_jobs(cfg) if j.alpha == 2.0}
+    assert _names(summary.recomputed) == new | {f"scores/{n}" for n in new}
+    assert {"stats/layer1", "edits/own_en-de-fr", "edits/shared_en-de-fr"} <= set(summary.cached)
+    df = summary.results
+    old = pd.read_csv(cfg0.run_dir / RESULTS / "results.csv")
+    kept = pd.read_csv(cfg.run_dir / RESULTS / "results.csv")
+    kept = kept[kept["alpha"].isna() | (kept["alpha"] != 2.0)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(kept, old)
+    assert (df["alpha"] == 2.0).any()
+
+
+def test_request_change_recomputes_edits_but_not_statistics(base, setup):
+    cfg0, _, _, _ = base
+    cfg = setup.config("limit", "data.limit=1")
+    copy_run(cfg0.run_dir, cfg.run_dir)
+    summary = run(cfg, until="edits", progress=False)
+    assert set(summary.cached) == {"stats/layer1", "stats/layer2"}
+    assert dict(summary.recomputed) == {
+        "edits/own_en-de-fr": "settings changed", "edits/shared_en-de-fr": "settings changed"
+    }  # fmt: skip
+
+
+def test_no_resume_starts_over(base, setup):
+    cfg0, _, _, _ = base
+    cfg = setup.config("fresh")
+    copy_run(cfg0.run_dir, cfg.run_dir)
+    summary = run(cfg, resume=False, until="statistics", progress=False)
+    assert dict(summary.recomputed) == {"stats/layer1": "--no-resume", "stats/layer2": "--no-resume"}
+    assert not (cfg.run_dir / "artefacts" / "edits").exists()
+
+
+@pytest.mark.parametrize(
+    "override, error, match",
+    [
+        ("data.source=/nonexistent/mzsre", DataError, "/nonexistent/mzsre"),
+        ("model.source=/nonexistent/model", LoadError, "/nonexistent/model"),
+        ("model.source=nobody/no-such-model", LoadError, "HF_HUB_OFFLINE"),
+        ("statistics.corpus.paths=/nonexistent/{lang}.txt", CorpusError, "/nonexistent/en.txt"),
+        ("edit.preset=no-such-preset", ValueError, "no preset 'no-such-preset'"),
+    ],
+)
+def test_bad_inputs_fail_with_clear_errors(setup, override, error, match):
+    cfg = setup.config("bad-" + re.sub(r"\W", "-", override), override)
+    with pytest.raises(error, match=re.escape(match)):
+        run(cfg, progress=False)
+
+
+def test_run_directory_of_another_experiment_is_refused(base, setup):
+    cfg0, _, _, _ = base
+    other = setup.config("base", "name=other")
+    with pytest.raises(RunDirError, match="belongs to experiment 'tiny'"):
+        run(other, progress=False)
+    assert cfg0.run_dir == other.run_dir
+
+
+def test_count_tokens_is_what_token_batches_yields(setup):
+    from mkejax.data import load_corpus
+    from mkejax.data.tokens import token_batches
+    from mkejax.models import load_tokenizer
+
+    tok = load_tokenizer(setup.checkpoint)
+    corpus = load_corpus({"kind": "files", "languages": list(LANGS), "paths": [setup.corpus]})
+    texts = list(itertools.islice(corpus.texts(0), 20))
+    total = count_tokens(texts, tok, max_length=16)
+    assert (
+        sum(b.num_tokens for b in token_batches(texts, tok, max_length=16, batch_size=4, total_tokens=total))
+        == total
+    )
+    with pytest.raises(CorpusError, match="exhausted"):
+        list(token_batches(texts, tok, max_length=16, batch_size=4, total_tokens=total + 1))
+
+
+def test_merge_jobs_and_names(setup):
+    cfg = setup.config("names")
+    tags = [j.tag for j in merge_jobs(cfg)]
+    assert tags[:4] == ["sum_own_a1", "sum_own_a1.5", "sum_shared_a1", "sum_shared_a1.5"]
+    assert "tsvm_shared_a1.5_r0.5" in tags and "tsvm_shared_a1_rdefault" in tags and len(tags) == 10
+    assert jnp.isclose(merge_jobs(cfg)[-1].effective_rank_ratio(3), 0.5)
