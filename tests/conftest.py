@@ -131,3 +131,15 @@ def shared_data() -> pathlib.Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return root
+
+
+@pytest.fixture(autouse=True)
+def _restore_mkejax_logger():
+    """The CLI gives the "mkejax" logger its own stderr handler and stops propagation (right for a process,
+    wrong across tests: later tests' caplog would see nothing and the handler would write to a closed stream)."""
+    import logging
+
+    log = logging.getLogger("mkejax")
+    saved = (list(log.handlers), log.propagate, log.level)
+    yield
+    log.handlers[:], log.propagate, log.level = saved[0], saved[1], saved[2]
