@@ -485,7 +485,12 @@ class Runner:
 
         cfg = self.config
         ev = cfg.evaluation
-        evalset = prepare(self.tokenizer, self.requests, metrics=ev.metrics, batch_size=ev.batch_size)
+        from mkejax.sharding import DATA
+
+        evalset = prepare(
+            self.tokenizer, self.requests, metrics=ev.metrics, batch_size=ev.batch_size,
+            batch_multiple=self.mesh.shape[DATA],
+        )  # fmt: skip
         cache = PreEditCache(self.store.path("pre_edit"))
         run = {"model": model_label(cfg.model.source), "method": cfg.edit.method}
         jobs: list[tuple[str, Callable]] = []
