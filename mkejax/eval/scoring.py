@@ -151,9 +151,7 @@ def predict(
 
     previous = None
     for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
-        ids, mask = (jnp.asarray(batch.ids), jnp.asarray(batch.mask))
-        if sharding is not None:
-            ids, mask = jax.device_put(ids, sharding), jax.device_put(mask, sharding)
+        ids, mask = jax.device_put(batch.ids, sharding), jax.device_put(batch.mask, sharding)  # [B, T]
         chunk = _chunk(batch.ids.shape[0], batch.window, model.config.vocab_size)
         pending = _argmax_window(graphdef, state, down, other, ids, mask, batch.window, chunk)
         if previous is not None:  # one batch in flight while the host copies the previous one back

@@ -35,14 +35,30 @@ def summary(value_of, langs=LANGUAGES, edit_lang=None):
 @pytest.fixture(scope="module")
 def results():
     rng = np.random.default_rng(0)
-    frames = [tidy(summary(lambda t, m: 1.0 if m == "locality" else 0.2), model="tiny", method="none",
-                   edit_lang="none")]
+    frames = [
+        tidy(
+            summary(lambda t, m: 1.0 if m == "locality" else 0.2),
+            model="tiny",
+            method="none",
+            edit_lang="none",
+        )
+    ]
     for merge, shared in itertools.product(["sum", "tsvm"], [False, True]):
         for alpha in (0.5, 1.0, 2.0):
-            frames.append(tidy(summary(lambda t, m: rng.uniform(0.3, 1.0)), model="tiny", method="memit",
-                               merge=merge, shared_cov=shared, alpha=alpha,
-                               rank_ratio=0.1 if merge == "tsvm" else None))
-    matrix_rows = pd.concat([summary(lambda t, m, e=e: 0.9 if t == e else 0.4, edit_lang=e) for e in LANGUAGES])
+            frames.append(
+                tidy(
+                    summary(lambda t, m: rng.uniform(0.3, 1.0)),
+                    model="tiny",
+                    method="memit",
+                    merge=merge,
+                    shared_cov=shared,
+                    alpha=alpha,
+                    rank_ratio=0.1 if merge == "tsvm" else None,
+                )
+            )
+    matrix_rows = pd.concat(
+        [summary(lambda t, m, e=e: 0.9 if t == e else 0.4, edit_lang=e) for e in LANGUAGES]
+    )
     frames.append(tidy(matrix_rows, model="tiny", method="memit"))
     return pd.concat(frames, ignore_index=True)
 
@@ -78,7 +94,7 @@ def test_markdown_layout(results):
     first = [c.strip() for c in rows[0].strip("|").split("|")]
     assert first[:5] == ["pre-edit", "20.0", "20.0", "100.0", "20.0"]
     assert any(r.startswith("| memit · tsvm · shared cov · α=2 · r=0.1 |") for r in rows)
-    sub = results[(results["merge"] == "sum") & (results["shared_cov"] == True) & (results["alpha"] == 1.0)]  # noqa: E712
+    sub = results[(results["merge"] == "sum") & results["shared_cov"].eq(True) & (results["alpha"] == 1.0)]
     row = next(r for r in rows if r.startswith("| memit · sum · shared cov · α=1 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     rel = sub[sub["metric"] == "reliability"].set_index("test_lang")["value"]
