@@ -201,6 +201,7 @@ def test_alpha_grid_change_recomputes_only_the_new_merges(base, setup):
     assert (df["alpha"] == 2.0).any()
 
 
+@pytest.mark.slow  # new requests: new edit shapes, recompiled target optimisation (~20 s on 2 cores)
 def test_request_change_recomputes_edits_but_not_statistics(base, setup):
     cfg0, _, _, _ = base
     cfg = setup.config("limit", "data.limit=1")

@@ -112,6 +112,7 @@ def alphaedit_edit(
       projections: precomputed P per layer (default: from ``stats``, cached).
       projection_cache: folder for the P artefacts.
     """
+    hparams.check_model(model.config.num_hidden_layers)
     layers = hparams.layers
     if projections is None:
         check_stats_layers(stats, layers)

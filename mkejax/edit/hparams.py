@@ -67,22 +67,26 @@ class StatsSpec:
     """The corpus sample the key statistics C = E[k kᵀ] are computed over (part of their fingerprint).
 
     Attributes:
-      corpus: corpus name understood by ``mkejax.data`` (MEMIT: "wikipedia").
-      n_samples: number of documents (MEMIT: 100,000).
+      corpus: corpus name (MEMIT: "wikipedia"); recorded in the statistics fingerprint.
+      n_samples: number of documents the published setting uses (MEMIT: 100,000); recorded in the fingerprint.
+      total_tokens: token budget handed to ``Corpus.token_batches`` (the reader counts tokens, not documents).
       max_length: tokens per document after truncation (MEMIT: the model context; Qwen capped at 4096).
       batch_size: documents per statistics step.
+      seed: corpus shuffling seed.
       dtype: accumulation dtype; float32 as the references.
     """
 
     corpus: str = "wikipedia"
     n_samples: int = 100_000
+    total_tokens: int = 50_000_000
     max_length: int = 4096
     batch_size: int = 8
+    seed: int = 0
     dtype: str = "float32"
 
     def __post_init__(self):
-        if self.n_samples < 1 or self.max_length < 2 or self.batch_size < 1:
-            raise HparamsError("stats need n_samples >= 1, max_length >= 2, batch_size >= 1")
+        if min(self.n_samples, self.total_tokens, self.batch_size) < 1 or self.max_length < 2:
+            raise HparamsError("stats need n_samples, total_tokens, batch_size >= 1 and max_length >= 2")
         if self.dtype != "float32":
             raise HparamsError(f"statistics accumulate in float32 only, got dtype {self.dtype!r}")
 
@@ -95,7 +99,7 @@ class TargetHparams:
       v_loss_layer: layer whose output feeds the final norm + LM head for the NLL (the last layer).
       clamp_norm_factor: ‖δ‖ <= clamp_norm_factor · ‖h_L‖ after every step.
       v_lr: Adam learning rate.
-      v_num_grad_steps: maximum number of Adam steps.
+      v_num_grad_steps: iterations of the optimisation (each evaluates; all but the last update δ, as MEMIT).
       v_weight_decay: weight of ‖δ‖² / ‖h_L‖².
       kl_factor: weight of KL(p_unedited ‖ p_edited) on the "{subject} is a" prompt.
       early_stop_nll: a request stops once its NLL falls below this (MEMIT: 5e-2).

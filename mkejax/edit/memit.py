@@ -64,6 +64,7 @@ def memit_edit(
       templates: context templates (default: generated per ``hparams.templates`` and cached).
       template_cache: folder for the generated templates' JSON cache.
     """
+    hparams.check_model(model.config.num_hidden_layers)
     check_stats_layers(stats, hparams.layers)
     for layer in hparams.layers:
         check_memit_stats(stats, layer, hparams.mom2_update_weight)

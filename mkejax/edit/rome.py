@@ -44,6 +44,7 @@ def rome_edit(
     template_cache=None,
 ) -> EditResult:
     """Edits ``requests`` one after another with ROME at ``hparams.layers[0]``; returns the summed delta."""
+    hparams.check_model(model.config.num_hidden_layers)
     layer = hparams.layers[0]
     check_stats_layers(stats, (layer,))
     check_moment(stats[layer], layer, require_definite=True)

@@ -16,9 +16,11 @@ elementwise) — the batched result equals per-request runs. The layers up to L 
 from the cached layer-L hidden states (δ is added to them directly) and runs layers L+1 .. v_loss_layer.
 The whole optimisation is one ``lax.while_loop`` under one ``jit``.
 
+As the reference, each of the v_num_grad_steps iterations evaluates the loss and then updates δ, except in the
+last iteration (so at most v_num_grad_steps - 1 updates, and the reported loss is the loss at the returned δ).
 Differences from the reference, on purpose: the weight decay is ‖δ‖²/‖h‖² (ALGORITHMS.md; the reference
-has ‖δ‖/‖h‖², non-smooth at δ = 0); early stop looks at the NLL part (the reference: the total loss); up to
-v_num_grad_steps updates are made (the reference makes v_num_grad_steps - 1); target tokens carry no BOS.
+has ‖δ‖/‖h‖², non-smooth at δ = 0); early stop looks at the NLL part (the reference: the total loss); target
+tokens carry no BOS.
 """
 
 from __future__ import annotations
@@ -122,39 +124,43 @@ def target_values(
         return tok_logp, jax.nn.log_softmax(model.unembed(at_kl), axis=-1)
 
     zeros = jnp.zeros((n, d), jnp.float32)
-    kl_ref = jax.lax.stop_gradient(upper(zeros)[1])  # [n, V] unedited distribution
+    opt = optax.adam(hp.v_lr)
+    max_norm = hp.clamp_norm_factor * jnp.sqrt(h_sq)  # [n]
 
-    def losses(delta: Array) -> tuple[Array, tuple[Array, Array]]:
+    def losses(delta: Array, kl_ref: Array, first: Array) -> tuple[Array, tuple[Array, Array, Array]]:
         tok_logp, kl_logp = upper(delta)
+        # The unedited distribution is read in the first iteration, where δ = 0 (as the reference does); there
+        # KL = 0 and its gradient vanishes, so using the current value as the reference changes nothing.
+        kl_ref = jnp.where(first, jax.lax.stop_gradient(kl_logp), kl_ref)  # [n, V]
         nll = -(tok_logp * tmask[:, None, :]).sum(-1) / n_tok[:, None]  # [n, P] per-token averaged
         nll = nll.mean(-1)  # [n] mean over rewrite prompts
         kl = jnp.sum(jnp.exp(kl_ref) * (kl_ref - kl_logp), axis=-1)  # [n] KL(unedited ‖ edited)
         decay = jnp.sum(delta * delta, axis=-1) / h_sq  # [n]
         loss = nll + hp.kl_factor * kl + hp.v_weight_decay * decay  # [n]
         # the sum separates over requests: d(sum)/dδ_i = d(loss_i)/dδ_i
-        return jnp.sum(jnp.where(batch.active, loss, 0.0)), (loss, nll)
-
-    opt = optax.adam(hp.v_lr)
-    max_norm = hp.clamp_norm_factor * jnp.sqrt(h_sq)  # [n]
+        return jnp.sum(jnp.where(batch.active, loss, 0.0)), (loss, nll, kl_ref)
 
     def cond(carry):
-        it, _, _, active, _ = carry
+        it, _, _, active, *_ = carry
         return (it < hp.v_num_grad_steps) & jnp.any(active)
 
     def body(carry):
-        it, delta, opt_state, active, steps = carry
-        grad, (_, nll) = jax.grad(losses, has_aux=True)(delta)
-        active = active & (nll >= hp.early_stop_nll)
+        it, delta, opt_state, active, steps, kl_ref, _, _ = carry
+        grad, (loss, nll, kl_ref) = jax.grad(losses, has_aux=True)(delta, kl_ref, it == 0)
+        # As the reference: evaluate, stop a request whose NLL is small, make no update in the last iteration
+        # (so the recorded loss is the loss at the returned δ; at most v_num_grad_steps - 1 updates).
+        active = active & (nll >= hp.early_stop_nll) & (it < hp.v_num_grad_steps - 1)
         updates, opt_state = opt.update(grad, opt_state, delta)
         new = optax.apply_updates(delta, updates)
         norm = jnp.linalg.norm(new, axis=-1)  # [n]
         new = new * jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-12))[:, None]  # clamp to the L2 ball
         delta = jnp.where(active[:, None], new, delta)
-        return it + 1, delta, opt_state, active, steps + active.astype(jnp.int32)
+        return it + 1, delta, opt_state, active, steps + active.astype(jnp.int32), kl_ref, loss, nll
 
-    carry = (jnp.int32(0), zeros, opt.init(zeros), batch.active, jnp.zeros((n,), jnp.int32))
-    _, delta, _, _, steps = jax.lax.while_loop(cond, body, carry)
-    _, (loss, nll) = losses(delta)
+    vocab = model.config.vocab_size
+    carry = (jnp.int32(0), zeros, opt.init(zeros), batch.active, jnp.zeros((n,), jnp.int32),
+             jnp.zeros((n, vocab), jnp.float32), jnp.zeros((n,), jnp.float32), jnp.zeros((n,), jnp.float32))  # fmt: skip
+    _, delta, _, _, steps, _, loss, nll = jax.lax.while_loop(cond, body, carry)
     return Targets(z=h + delta, delta=delta, h=h, loss=loss, nll=nll, steps=steps)
 
 

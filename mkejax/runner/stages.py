@@ -19,7 +19,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-from mkejax.checkpoint import ArtefactRecord, ArtefactStore, canonical, fingerprint, read_metadata
+from mkejax.checkpoint import (
+    ArtefactRecord,
+    ArtefactStore,
+    canonical,
+    canonical_json,
+    fingerprint,
+    read_metadata,
+)
 from mkejax.config import ExperimentConfig
 from mkejax.distributed import barrier, is_main_process
 from mkejax.runner.rundir import (
@@ -335,7 +342,14 @@ class Runner:
             "hparams": canonical(self.hparams),
             "stats": {str(l): stats.fingerprints[l] for l in self.hparams.layers},
             "languages": list(self.config.data.languages),
-            "requests": {lang: canonical(reqs) for lang, reqs in self.requests.items()},
+            # a digest per language (the full requests would make the metadata megabytes for 700 x 12 MzsRE)
+            "requests": {
+                lang: {
+                    "count": len(reqs),
+                    "sha256": hashlib.sha256(canonical_json(reqs).encode()).hexdigest(),
+                }
+                for lang, reqs in self.requests.items()
+            },
             "shared_cov": bool(shared_cov),
         }
 

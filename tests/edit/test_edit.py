@@ -1,0 +1,160 @@
+"""End-to-end edits on tiny random models: reliability, locality, ROME, AlphaEdit's cache, skips and bad inputs.
+
+Reliability is EasyEdit's teacher-forced accuracy (argmax at the previous position == each target token);
+locality the share of positions of unrelated sentences whose argmax the edit leaves unchanged. The requests
+and the wider model are explained in edit_fixtures.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from edit_fixtures import UNRELATED, choose_requests, locality, reliability
+
+from mkejax.data.request import EditRequest
+from mkejax.edit import (
+    HparamsError,
+    KeyStatistics,
+    RequestError,
+    StatsError,
+    compute_keys,
+    edit,
+    load_preset,
+    tokenize_requests,
+)
+from mkejax.edit.templates import context_templates
+from mkejax.models import down_proj_path
+
+
+def _check_deltas(result, model, layers):
+    cfg = model.config
+    assert set(result.deltas) == {down_proj_path(l) for l in layers}
+    for d in result.deltas.values():
+        assert d.shape == (cfg.hidden_size, cfg.intermediate_size) and d.dtype == jnp.float32
+        assert bool(jnp.all(jnp.isfinite(d)))
+
+
+@pytest.mark.parametrize("method", ["memit", "alphaedit"])
+def test_sixteen_edits_reliable_and_local(wide, method):
+    model, tok, requests, stats = wide
+    hp = load_preset(method, "tiny-llama")
+    assert len(requests) == 16
+    assert reliability(model, tok, requests) == 0.0  # every target differs from the unedited argmax
+    result = edit(model, tok, requests, hp, stats)
+    _check_deltas(result, model, hp.layers)
+    deltas = result.layer_deltas()
+    assert reliability(model, tok, requests, deltas) == 1.0
+    assert locality(model, tok, UNRELATED, deltas) >= 0.9
+    assert len(result.diagnostics) == 16 and result.num_edited == 16
+    for diag, req in zip(result.diagnostics, requests):
+        assert (diag.id, diag.subject_rule, diag.skipped) == (req.id, "exact", False)
+        assert 1 <= diag.steps <= hp.v_num_grad_steps - 1
+        assert diag.delta_ratio <= hp.clamp_norm_factor * (1 + 1e-4)
+        assert np.isfinite(diag.final_loss) and diag.final_loss >= diag.final_nll
+
+
+def test_rome_one_request(tiny):
+    model, tok = tiny
+    request = choose_requests(model, tok, n=1)
+    from edit_fixtures import RandomTokens
+
+    from mkejax.edit import key_statistics
+
+    hp = load_preset("rome", "tiny-llama")
+    stats = key_statistics(model, RandomTokens(model.config.vocab_size, 4, 32, 64), layers=hp.layers,
+                           source={"corpus": "random-tokens", "max_length": 64}, progress=False)  # fmt: skip
+    assert reliability(model, tok, request) == 0.0
+    result = edit(model, tok, request, hp, stats)
+    _check_deltas(result, model, hp.layers)
+    delta = result.deltas[down_proj_path(2)]
+    assert np.linalg.matrix_rank(np.asarray(delta, np.float64), tol=1e-6 * float(jnp.abs(delta).max())) == 1
+    deltas = result.layer_deltas()
+    assert reliability(model, tok, request, deltas) == 1.0
+    assert locality(model, tok, UNRELATED, deltas) >= 0.9
+
+
+def test_alphaedit_cache_is_gram_of_edited_keys(wide):
+    model, tok, requests, stats = wide
+    hp = load_preset("alphaedit", "tiny-llama")
+    first = edit(model, tok, requests[:4], hp, stats)
+    templates = context_templates(model, tok, hp.templates, lang="en")
+    batch = tokenize_requests(tok, requests[:4], templates)
+    for layer in hp.layers:
+        k, _ = compute_keys(model, batch, layer=layer, out_layer=hp.layers[-1], deltas=first.layer_deltas())
+        np.testing.assert_allclose(first.cache_c[layer], k.T @ k, rtol=1e-4, atol=1e-5)
+    # the second batch starts from the first's cache and adds its own keys
+    second = edit(model, tok, requests[4:6], hp, stats, cache_c=first.cache_c)
+    assert all(float(jnp.trace(second.cache_c[l])) > float(jnp.trace(first.cache_c[l])) for l in hp.layers)
+
+
+def test_skipped_requests_are_recorded_not_edited(wide):
+    model, tok, requests, stats = wide
+    hp = load_preset("memit", "tiny-llama")
+    skip = dataclasses.replace(requests[0], subject_span=None, subject_rule="skip")
+    result = edit(model, tok, [skip, requests[1]], hp, stats)
+    assert [d.skipped for d in result.diagnostics] == [True, False]
+    assert result.diagnostics[0].reason and result.diagnostics[0].final_loss is None
+    _check_deltas(result, model, hp.layers)
+    only_skipped = edit(model, tok, [skip], hp, stats)
+    assert only_skipped.deltas == {} and only_skipped.diagnostics[0].skipped
+
+
+def test_last_token_rule_edits_at_prompt_end(wide):
+    model, tok, requests, stats = wide
+    hp = load_preset("memit", "tiny-llama")
+    last = dataclasses.replace(requests[2], subject_span=None, subject_rule="last_token")
+    result = edit(model, tok, [last], hp, stats)
+    assert result.diagnostics[0].subject_rule == "last_token" and not result.diagnostics[0].skipped
+    # the prompt ends with the subject, so both rules pick the same token and give the same edit
+    same = edit(model, tok, [requests[2]], hp, stats)
+    for name in result.deltas:
+        np.testing.assert_allclose(result.deltas[name], same.deltas[name], rtol=1e-5, atol=1e-7)
+
+
+def test_bad_inputs(wide):
+    model, tok, requests, stats = wide
+    hp = load_preset("memit", "tiny-llama")
+    f = model.config.intermediate_size
+    empty = dataclasses.replace(requests[0], target=" ")
+    with pytest.raises(RequestError, match="request en/0.*empty target"):
+        edit(model, tok, [empty], hp, stats)
+    with pytest.raises(RequestError, match="no requests"):
+        edit(model, tok, [], hp, stats)
+    singular = KeyStatistics.from_arrays({1: np.zeros((f, f)), 2: np.zeros((f, f))})
+    with pytest.raises(StatsError, match="singular"):
+        edit(model, tok, requests[:2], hp, singular)
+    bad = np.eye(f)
+    bad[3, 3] = np.nan
+    with pytest.raises(StatsError, match="NaN"):
+        edit(model, tok, requests[:2], hp, KeyStatistics.from_arrays({1: bad, 2: np.eye(f)}))
+    few = KeyStatistics.from_arrays({1: np.eye(f), 2: np.eye(f)}, tokens=f // 2)
+    with pytest.raises(StatsError, match="rank"):
+        edit(model, tok, requests[:2], hp, few)
+    with pytest.raises(HparamsError, match="out of range"):
+        edit(model, tok, requests[:2], dataclasses.replace(hp, layers=(1, 7)), stats)
+    with pytest.raises(HparamsError, match="v_loss_layer"):
+        edit(model, tok, requests[:2], dataclasses.replace(hp, v_loss_layer=9), stats)
+    with pytest.raises(HparamsError, match="no key statistics for layers \\[0\\]"):
+        edit(model, tok, requests[:2], dataclasses.replace(hp, layers=(0, 2)), stats)
+    # AlphaEdit with a non-finite C fails before any solve
+    ae = load_preset("alphaedit", "tiny-llama")
+    with pytest.raises(StatsError, match="NaN"):
+        edit(model, tok, requests[:2], ae, KeyStatistics.from_arrays({1: bad, 2: np.eye(f)}))
+
+
+def test_edit_does_not_mutate_model(wide):
+    model, tok, requests, stats = wide
+    before = jax.device_get(model.layers[2].mlp.down_proj.weight[...])
+    edit(model, tok, requests[:2], load_preset("memit", "tiny-llama"), stats)
+    np.testing.assert_array_equal(before, jax.device_get(model.layers[2].mlp.down_proj.weight[...]))
+
+
+def test_request_error_names_request(tiny):
+    model, tok = tiny
+    r = EditRequest(id=7, lang="de", prompt="Wer ist X", subject="X", target="", subject_span=(8, 9))
+    with pytest.raises(RequestError, match="de/7"):
+        edit(model, tok, [r], load_preset("rome", "tiny-llama"), KeyStatistics.from_arrays({2: np.eye(128)}))

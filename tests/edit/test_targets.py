@@ -1,0 +1,94 @@
+"""Target values (compute_z): batched = per request, loss = an independent recomputation, clamp, masks."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from edit_fixtures import choose_requests
+
+from mkejax.edit import ContextTemplates, TargetHparams, compute_targets, tokenize_requests
+from mkejax.models.llama import Injection
+
+TEMPLATES = ContextTemplates.fixed(["Hello there. {}", "I think that {}"])
+HP = TargetHparams(v_loss_layer=3, clamp_norm_factor=0.5, v_lr=0.5, v_num_grad_steps=12, v_weight_decay=0.01,
+                   kl_factor=0.0625)  # fmt: skip
+LAYER = 2
+
+
+@pytest.fixture(scope="module")
+def setup(tiny):
+    model, tok = tiny
+    requests = choose_requests(model, tok, n=5)
+    return model, tok, requests, tokenize_requests(tok, requests, TEMPLATES)
+
+
+def test_batched_equals_single_requests(setup):
+    """All requests in one batch equal each request alone (its own tokenisation and padding, batch of 1)."""
+    model, tok, requests, batch = setup
+    together = compute_targets(model, batch, HP, layer=LAYER)
+    for i, r in enumerate(requests):
+        alone = compute_targets(model, tokenize_requests(tok, [r], TEMPLATES), HP, layer=LAYER)
+        assert int(alone.steps[0]) == int(together.steps[i])
+        for name in ("z", "delta", "h", "loss", "nll"):
+            a, b = np.asarray(getattr(alone, name)[0]), np.asarray(getattr(together, name)[i])
+            np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5, err_msg=name)
+
+
+def _reference_loss(model, batch, delta, h):
+    """The compute_z loss by a separate route: full forwards with the model's own Injection, per row."""
+    n, rows, _ = batch.input_ids.shape
+    p = rows - 1
+    ids = jnp.asarray(batch.input_ids.reshape(n * rows, -1))
+    mask = jnp.asarray(batch.attention_mask.reshape(n * rows, -1))
+    pos = jnp.asarray(batch.positions.reshape(-1))
+
+    def logits(vec):
+        inj = Injection(positions=pos, vectors=jnp.repeat(vec, rows, axis=0), layer=LAYER)
+        return model.forward(ids, mask, injection=inj).logits.reshape(n, rows, ids.shape[1], -1)
+
+    edited, clean = logits(delta), logits(jnp.zeros_like(delta))
+    out = []
+    for i in range(n):
+        m = int(batch.target_mask[i].sum())
+        nll = []
+        for j in range(p):
+            lp = jax.nn.log_softmax(edited[i, j], -1)
+            tp = batch.target_positions[i, j, :m]
+            nll.append(-float(jnp.mean(lp[tp, batch.target_ids[i, :m]])))
+        kp = int(batch.positions[i, p])
+        ref, new = jax.nn.log_softmax(clean[i, p, kp]), jax.nn.log_softmax(edited[i, p, kp])
+        kl = float(jnp.sum(jnp.exp(ref) * (ref - new)))
+        decay = float(jnp.sum(delta[i] ** 2) / jnp.sum(h[i] ** 2))
+        out.append(np.mean(nll) + HP.kl_factor * kl + HP.v_weight_decay * decay)
+    return np.array(out)
+
+
+def test_loss_h_clamp_and_z(setup):
+    model, _, _, batch = setup
+    t = compute_targets(model, batch, HP, layer=LAYER)
+    # h: the unedited layer-L output at the bare prompt's edit position
+    out = model.forward(jnp.asarray(batch.input_ids[:, 0]), jnp.asarray(batch.attention_mask[:, 0]),
+                        capture_layers=(LAYER,), capture_positions=jnp.asarray(batch.positions[:, 0]))  # fmt: skip
+    np.testing.assert_allclose(t.h, out.outputs[LAYER], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(t.z, t.h + t.delta, rtol=1e-6)
+    ratio = jnp.linalg.norm(t.delta, axis=-1) / jnp.linalg.norm(t.h, axis=-1)
+    assert bool(jnp.all(ratio <= HP.clamp_norm_factor * (1 + 1e-5))) and bool(jnp.all(ratio > 0))
+    np.testing.assert_allclose(t.loss, _reference_loss(model, batch, t.delta, t.h), rtol=1e-4)
+    # the optimisation lowers the loss below its value at δ = 0
+    assert np.all(np.asarray(t.loss) < _reference_loss(model, batch, jnp.zeros_like(t.delta), t.h))
+
+
+def test_early_stop_and_inactive_entries(setup):
+    model, tok, requests, _ = setup
+    padded = tokenize_requests(tok, requests[:2], TEMPLATES, num_requests=4)
+    assert padded.active.tolist() == [True, True, False, False]
+    t = compute_targets(model, padded, HP, layer=LAYER)
+    assert t.steps.tolist()[2:] == [0, 0] and float(jnp.abs(t.delta[2:]).max()) == 0.0
+    assert all(s == HP.v_num_grad_steps - 1 for s in t.steps.tolist()[:2])
+    stop_at_once = dataclasses.replace(HP, early_stop_nll=1e3)
+    s = compute_targets(model, padded, stop_at_once, layer=LAYER)
+    assert s.steps.tolist() == [0, 0, 0, 0] and float(jnp.abs(s.delta).max()) == 0.0

@@ -1,0 +1,46 @@
+"""Context templates: MEMIT's structure, greedy generation equal to an argmax loop, caching in memory and on disk."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mkejax.edit import ContextTemplates, TemplateSpec, context_templates
+from mkejax.edit import templates as templates_module
+
+
+def greedy_reference(model, tok, word: str, length: int) -> str:
+    ids = tok(word)["input_ids"]
+    n_special = len(ids) - len(tok(word, add_special_tokens=False)["input_ids"])
+    while len(ids) - n_special < length:
+        ids.append(int(jnp.argmax(model(jnp.asarray([ids]))[0, -1])))
+    return tok.decode(ids, skip_special_tokens=True)
+
+
+def test_generated_templates(tiny, tmp_path, monkeypatch):
+    model, tok = tiny
+    spec = TemplateSpec(seed_words=("The", "Because"), length=5, top_k=1)
+    t = context_templates(model, tok, spec, cache_dir=tmp_path)
+    assert t.groups[0] == ("{}",) and len(t.groups[1]) == 2
+    for word, template in zip(spec.seed_words, t.groups[1]):
+        expected = greedy_reference(model, tok, word, 5).replace("{", " ").replace("}", " ") + ". {}"
+        assert template == expected
+    np.testing.assert_allclose(t.key_weights(), [0.5, 0.25, 0.25])
+    # cached: in memory, and on disk for a fresh process (memory cleared, generation disabled)
+    assert context_templates(model, tok, spec, cache_dir=tmp_path) is t
+    monkeypatch.setattr(templates_module, "_MEMORY", {})
+    monkeypatch.setattr(templates_module, "generate_texts", lambda *a, **k: pytest.fail("regenerated"))
+    assert context_templates(model, tok, spec, cache_dir=tmp_path) == t
+    assert len(list(tmp_path.glob("templates-*.json"))) == 1
+
+
+def test_sampling_languages_and_fixed(tiny):
+    model, tok = tiny
+    spec = TemplateSpec(length=6, per_seed=2, language_seed_words=(("de", ("Heute", "Weil")),))
+    en, de = context_templates(model, tok, spec, lang="en"), context_templates(model, tok, spec, lang="de")
+    assert len(en.groups[1]) == 10 and len(de.groups[1]) == 4
+    assert all(x.startswith(("Heute", "Weil")) and x.endswith(". {}") for x in de.groups[1])
+    assert context_templates(model, tok, spec, lang="en") == en  # deterministic for the seed
+    fixed = context_templates(model, tok, TemplateSpec(fixed=("{}", "Q: {}")))
+    assert fixed == ContextTemplates((("{}",), ("Q: {}",)))
