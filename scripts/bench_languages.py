@@ -73,7 +73,16 @@ def worker(args) -> dict:
 
         def run():
             lb = None if args.lang_batch == "all" else int(args.lang_batch)
-            es = edit_languages(model, tok, requests, hp, stats, shared_cov=False, lang_batch=lb)
+            es = edit_languages(
+                model,
+                tok,
+                requests,
+                hp,
+                stats,
+                shared_cov=False,
+                lang_batch=lb,
+                request_batch=args.request_batch,
+            )
             jax.block_until_ready(es.deltas)
             return {lang: es.single(lang) for lang in langs}
     else:
@@ -120,6 +129,7 @@ def main():
         default="all",
         help="edit_languages' lang_batch values to time, e.g. all,3,1 (all = None)",
     )
+    ap.add_argument("--request-batch", type=int, default=None, help="edit_languages' request_batch")
     ap.add_argument("--worker", choices=("batched", "sequential"), help=argparse.SUPPRESS)
     ap.add_argument("--source", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -148,8 +158,9 @@ def main():
             out = str(tmp / f"{way}-{lb}")
             cmd = [sys.executable, __file__, "--worker", way, "--source", source, "--out", out]
             cmd += ["--layers", layers, "--lang-batch", lb]
-            for flag in ("langs", "per_lang", "steps", "templates", "repeats"):
-                cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+            for flag in ("langs", "per_lang", "steps", "templates", "repeats", "request_batch"):
+                if getattr(args, flag) is not None:
+                    cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
             subprocess.run(cmd, check=True, env=env, cwd=REPO)
             results[way, lb] = json.loads(pathlib.Path(out).read_text())
             results[way, lb]["deltas"] = dict(np.load(out + ".npz"))
@@ -160,7 +171,7 @@ def main():
         print(
             f"{args.langs} languages x {args.per_lang} requests = {first['requests']} requests, layers {layers}, "
             f"{args.steps} max z steps (mean used {first['mean_steps']:.1f}), {args.templates + 1} templates, "
-            f"OPENBLAS_NUM_THREADS={env['OPENBLAS_NUM_THREADS']}"
+            f"request_batch {args.request_batch}, OPENBLAS_NUM_THREADS={env['OPENBLAS_NUM_THREADS']}"
         )
         head = (
             "first call (s)",
