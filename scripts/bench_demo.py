@@ -25,7 +25,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override demo.yaml")
-    parser.add_argument("--keep", metavar="DIR", help="run directory to use and keep (default: a temporary one)")
+    parser.add_argument(
+        "--keep", metavar="DIR", help="run directory to use and keep (default: a temporary one)"
+    )
     parser.add_argument("--hparams-dir", metavar="DIR", help="read hyperparameter presets from DIR")
     parser.add_argument("--progress", action="store_true", help="show the progress bars")
     args = parser.parse_args()
@@ -40,7 +42,7 @@ def main() -> int:
     from mkejax.runner import run
 
     if args.hparams_dir:
-        import mkejax.edit.hparams as hparams
+        from mkejax.edit import hparams
 
         hparams.PRESET_DIR = pathlib.Path(args.hparams_dir)
     imports = time.perf_counter() - start
