@@ -240,7 +240,7 @@ def test_bad_inputs_fail_with_clear_errors(setup, override, error, match):
 
 def test_run_directory_of_another_experiment_is_refused(base, setup):
     cfg0, _, _, _ = base
-    other = setup.config("base", "name=other")
+    other = setup.config("unused", "name=other", f"output_dir={cfg0.run_dir}")
     with pytest.raises(RunDirError, match="belongs to experiment 'tiny'"):
         run(other, progress=False)
     assert cfg0.run_dir == other.run_dir
