@@ -26,7 +26,7 @@ from mkejax.edit.requests import EditBatch, RequestError, target_tokens, tokeniz
 from mkejax.edit.result import EditResult, RequestDiagnostics
 from mkejax.edit.rome import rome_edit
 from mkejax.edit.solvers import nullspace_projection, solve_alphaedit, solve_memit, solve_rome
-from mkejax.edit.stats import KeyStatistics, StatsError, key_statistics
+from mkejax.edit.stats import KeyStatistics, StatsError, corpus_statistics, key_statistics
 from mkejax.edit.targets import Targets, compute_targets, target_values
 from mkejax.edit.templates import ContextTemplates, context_templates
 
@@ -51,6 +51,7 @@ __all__ = [
     "compute_keys",
     "compute_targets",
     "context_templates",
+    "corpus_statistics",
     "edit",
     "hparams_from_dict",
     "key_statistics",

@@ -329,3 +329,35 @@ def _compute(
     if partial is not None and partial.exists():
         shutil.rmtree(partial)
     return moments, count
+
+
+def corpus_statistics(
+    model,
+    tokenizer,
+    corpus,
+    spec,
+    *,
+    layers: Sequence[int],
+    cache_dir: str | os.PathLike | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    progress: bool = True,
+) -> KeyStatistics:
+    """:func:`key_statistics` over ``corpus.token_batches`` as a :class:`~mkejax.edit.hparams.StatsSpec` says.
+
+    Args:
+      model, tokenizer: the model and its tokenizer.
+      corpus: a ``mkejax.data.Corpus`` (anything with ``token_batches(tokenizer, *, max_length, batch_size,
+        total_tokens, seed)`` and ``fingerprint()``).
+      spec: the ``StatsSpec`` (e.g. ``hparams.stats``): token budget, max length, batch size, seed.
+      layers, cache_dir, mesh, progress: as for :func:`key_statistics`.
+    """
+    source = {
+        "corpus": corpus.fingerprint(), "name": spec.corpus, "n_samples": spec.n_samples,
+        "total_tokens": spec.total_tokens, "max_length": spec.max_length, "seed": spec.seed,
+    }  # fmt: skip
+    batches = corpus.token_batches(
+        tokenizer, max_length=spec.max_length, batch_size=spec.batch_size, total_tokens=spec.total_tokens,
+        seed=spec.seed,
+    )  # fmt: skip
+    return key_statistics(model, batches, layers=layers, source=source, cache_dir=cache_dir, mesh=mesh,
+                          total_tokens=spec.total_tokens, progress=progress)  # fmt: skip

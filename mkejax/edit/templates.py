@@ -11,6 +11,7 @@ given, as JSON on disk (written to a temporary file, then renamed).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -63,6 +64,7 @@ class ContextTemplates:
 _MEMORY: dict[str, ContextTemplates] = {}
 
 
+@functools.lru_cache(maxsize=16)
 def _step_fn(graphdef, top_k: int):
     @jax.jit
     def step(state, ids, mask, lengths, limit, key):

@@ -152,3 +152,17 @@ def wide_model(config_path) -> CausalLM:
     arrays = {name: np.ones(shape, np.float32) if name.endswith("norm.weight")
               else rng.normal(0.0, 0.08, shape).astype(np.float32) for name, shape in sorted(shapes.items())}  # fmt: skip
     return model_from_arrays(cfg, arrays)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "capture_layers"))
+def _capture(graphdef, state, ids, mask, positions, deltas, capture_layers):
+    out = nnx.merge(graphdef, state).forward(ids, mask, deltas=deltas, capture_layers=capture_layers,
+                                             capture_positions=positions)  # fmt: skip
+    return out.keys, out.outputs, out.logits
+
+
+def capture(model, ids, mask, positions, *, layers, deltas=None):
+    """Jitted ``model.forward`` capturing keys/outputs of ``layers`` at ``positions``: (keys, outputs, logits)."""
+    graphdef, state = nnx.split(model)
+    return _capture(graphdef, state, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(positions), deltas or {},
+                    tuple(layers))  # fmt: skip

@@ -8,12 +8,12 @@ and the wider model are explained in edit_fixtures.py.
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from edit_fixtures import UNRELATED, choose_requests, locality, reliability
+from edit_fixtures import UNRELATED, choose_requests, locality, reliability, wide_model
 
 from mkejax.data.request import EditRequest
 from mkejax.edit import (
@@ -38,23 +38,84 @@ def _check_deltas(result, model, layers):
         assert bool(jnp.all(jnp.isfinite(d)))
 
 
-@pytest.mark.parametrize("method", ["memit", "alphaedit"])
-def test_sixteen_edits_reliable_and_local(wide, method):
+SKIP = EditRequest(
+    id=99, lang="en", prompt="Who wrote Qwerty", subject="Zzz", target="Paris", subject_rule="skip"
+)
+
+
+@pytest.fixture(scope="module")
+def edited(wide):
+    """Factory: method -> (inputs, EditResult) of the 16 requests (the first under the "last_token" rule, which
+    picks the same token as its prompt ends with the subject) plus one "skip" request; computed once."""
     model, tok, requests, stats = wide
+    inputs = [
+        dataclasses.replace(requests[0], subject_span=None, subject_rule="last_token"),
+        *requests[1:],
+        SKIP,
+    ]
+    cache = {}
+
+    def get(method):
+        if method not in cache:
+            cache[method] = edit(model, tok, inputs, load_preset(method, "tiny-llama"), stats)
+        return inputs, cache[method]
+
+    return get
+
+
+@pytest.mark.parametrize("method", ["memit", "alphaedit"])
+def test_sixteen_edits_reliable_and_local(wide, edited, method):
+    model, tok, requests, _ = wide
     hp = load_preset(method, "tiny-llama")
     assert len(requests) == 16
     assert reliability(model, tok, requests) == 0.0  # every target differs from the unedited argmax
-    result = edit(model, tok, requests, hp, stats)
+    inputs, result = edited(method)
     _check_deltas(result, model, hp.layers)
     deltas = result.layer_deltas()
     assert reliability(model, tok, requests, deltas) == 1.0
     assert locality(model, tok, UNRELATED, deltas) >= 0.9
-    assert len(result.diagnostics) == 16 and result.num_edited == 16
-    for diag, req in zip(result.diagnostics, requests):
-        assert (diag.id, diag.subject_rule, diag.skipped) == (req.id, "exact", False)
+    assert len(result.diagnostics) == 17 and result.num_edited == 16
+    for diag, req in zip(result.diagnostics, inputs):
+        assert (diag.id, diag.subject_rule) == (req.id, req.subject_rule)
+        if req is SKIP:
+            assert diag.skipped and diag.reason and diag.final_loss is None
+            continue
+        assert not diag.skipped
         assert 1 <= diag.steps <= hp.v_num_grad_steps - 1
         assert diag.delta_ratio <= hp.clamp_norm_factor * (1 + 1e-4)
         assert np.isfinite(diag.final_loss) and diag.final_loss >= diag.final_nll
+    # the model itself is never modified
+    fresh = wide_model(pathlib.Path(tok.name_or_path) / "config.json")
+    np.testing.assert_array_equal(
+        model.layers[2].mlp.down_proj.weight[...], fresh.layers[2].mlp.down_proj.weight[...]
+    )
+
+
+def test_alphaedit_cache_is_gram_of_edited_keys(wide, edited):
+    model, tok, _, stats = wide
+    hp = load_preset("alphaedit", "tiny-llama")
+    inputs, first = edited("alphaedit")
+    live = inputs[:-1]
+    batch = tokenize_requests(tok, live, context_templates(model, tok, hp.templates, lang="en"))
+
+    def gram(result, layer):
+        k, _ = compute_keys(model, batch, layer=layer, out_layer=hp.layers[-1], deltas=result.layer_deltas())
+        return k.T @ k
+
+    for layer in hp.layers:
+        np.testing.assert_allclose(first.cache_c[layer], gram(first, layer), rtol=1e-4, atol=1e-5)
+    # a second (sequential) batch starts from the first's cache and adds its own keys' Gram
+    second = edit(model, tok, inputs, hp, stats, cache_c=first.cache_c)
+    for layer in hp.layers:
+        expected = first.cache_c[layer] + gram(second, layer)
+        np.testing.assert_allclose(second.cache_c[layer], expected, rtol=1e-4, atol=1e-5)
+        assert (
+            float(jnp.abs(second.deltas[down_proj_path(layer)] - first.deltas[down_proj_path(layer)]).max())
+            > 0
+        )
+    only_skipped = edit(model, tok, [SKIP], hp, stats, cache_c=first.cache_c)
+    assert only_skipped.deltas == {} and only_skipped.diagnostics[0].skipped
+    assert only_skipped.cache_c is not None
 
 
 def test_rome_one_request(tiny):
@@ -75,44 +136,6 @@ def test_rome_one_request(tiny):
     deltas = result.layer_deltas()
     assert reliability(model, tok, request, deltas) == 1.0
     assert locality(model, tok, UNRELATED, deltas) >= 0.9
-
-
-def test_alphaedit_cache_is_gram_of_edited_keys(wide):
-    model, tok, requests, stats = wide
-    hp = load_preset("alphaedit", "tiny-llama")
-    first = edit(model, tok, requests[:4], hp, stats)
-    templates = context_templates(model, tok, hp.templates, lang="en")
-    batch = tokenize_requests(tok, requests[:4], templates)
-    for layer in hp.layers:
-        k, _ = compute_keys(model, batch, layer=layer, out_layer=hp.layers[-1], deltas=first.layer_deltas())
-        np.testing.assert_allclose(first.cache_c[layer], k.T @ k, rtol=1e-4, atol=1e-5)
-    # the second batch starts from the first's cache and adds its own keys
-    second = edit(model, tok, requests[4:6], hp, stats, cache_c=first.cache_c)
-    assert all(float(jnp.trace(second.cache_c[l])) > float(jnp.trace(first.cache_c[l])) for l in hp.layers)
-
-
-def test_skipped_requests_are_recorded_not_edited(wide):
-    model, tok, requests, stats = wide
-    hp = load_preset("memit", "tiny-llama")
-    skip = dataclasses.replace(requests[0], subject_span=None, subject_rule="skip")
-    result = edit(model, tok, [skip, requests[1]], hp, stats)
-    assert [d.skipped for d in result.diagnostics] == [True, False]
-    assert result.diagnostics[0].reason and result.diagnostics[0].final_loss is None
-    _check_deltas(result, model, hp.layers)
-    only_skipped = edit(model, tok, [skip], hp, stats)
-    assert only_skipped.deltas == {} and only_skipped.diagnostics[0].skipped
-
-
-def test_last_token_rule_edits_at_prompt_end(wide):
-    model, tok, requests, stats = wide
-    hp = load_preset("memit", "tiny-llama")
-    last = dataclasses.replace(requests[2], subject_span=None, subject_rule="last_token")
-    result = edit(model, tok, [last], hp, stats)
-    assert result.diagnostics[0].subject_rule == "last_token" and not result.diagnostics[0].skipped
-    # the prompt ends with the subject, so both rules pick the same token and give the same edit
-    same = edit(model, tok, [requests[2]], hp, stats)
-    for name in result.deltas:
-        np.testing.assert_allclose(result.deltas[name], same.deltas[name], rtol=1e-5, atol=1e-7)
 
 
 def test_bad_inputs(wide):
@@ -144,13 +167,6 @@ def test_bad_inputs(wide):
     ae = load_preset("alphaedit", "tiny-llama")
     with pytest.raises(StatsError, match="NaN"):
         edit(model, tok, requests[:2], ae, KeyStatistics.from_arrays({1: bad, 2: np.eye(f)}))
-
-
-def test_edit_does_not_mutate_model(wide):
-    model, tok, requests, stats = wide
-    before = jax.device_get(model.layers[2].mlp.down_proj.weight[...])
-    edit(model, tok, requests[:2], load_preset("memit", "tiny-llama"), stats)
-    np.testing.assert_array_equal(before, jax.device_get(model.layers[2].mlp.down_proj.weight[...]))
 
 
 def test_request_error_names_request(tiny):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from edit_fixtures import choose_requests
+from edit_fixtures import capture, choose_requests
 
 from mkejax.edit import ContextTemplates, all_layer_keys, compute_keys, tokenize_requests
 from mkejax.models import down_proj_path
@@ -24,23 +24,22 @@ def test_keys_match_direct_forwards(tiny):
     deltas = {1: delta}
     k, h = compute_keys(model, batch, layer=2, out_layer=3, deltas=deltas)
     assert k.shape == (4, cfg.intermediate_size) and h.shape == (4, cfg.hidden_size)
-    for i, r in enumerate(requests):
-        keys = []
-        for j, template in enumerate(TEMPLATES.flat):
+    # independent route: own offsets lookup, right padding (not the library's left padding), one jitted forward
+    rows, pos = [], []
+    for r in requests:
+        for template in TEMPLATES.flat:
             enc = tok(template.replace("{}", r.prompt), return_offsets_mapping=True)
-            ids = jnp.asarray([enc["input_ids"]])
-            start = len(template.split("{}")[0])
-            pos = max(
-                t for t, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a <= start + r.edit_char
-            )
-            out = model.forward(
-                ids, deltas=deltas, capture_layers=(2, 3), capture_positions=jnp.asarray([pos])
-            )
-            keys.append(np.asarray(out.keys[2][0]))
-            if j == 0:
-                np.testing.assert_allclose(h[i], out.outputs[3][0], rtol=2e-5, atol=2e-6)
-        expected = 0.5 * keys[0] + np.mean(keys[1:], axis=0) * 0.5
-        np.testing.assert_allclose(k[i], expected, rtol=2e-5, atol=2e-6)
+            char = len(template.split("{}")[0]) + r.edit_char
+            pos.append(max(t for t, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a <= char))
+            rows.append(enc["input_ids"])
+    t = max(map(len, rows))
+    ids = np.array([r + [0] * (t - len(r)) for r in rows], np.int32)
+    mask = np.array([[1] * len(r) + [0] * (t - len(r)) for r in rows], np.int32)
+    keys, outputs, _ = capture(model, ids, mask, np.array(pos), layers=(2, 3), deltas=deltas)
+    keys = np.asarray(keys[2]).reshape(3, 4, -1)
+    expected = 0.5 * keys[:, 0] + 0.5 * keys[:, 1:].mean(axis=1)
+    np.testing.assert_allclose(k[:3], expected, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(h[:3], np.asarray(outputs[3]).reshape(3, 4, -1)[:, 0], rtol=2e-5, atol=2e-6)
     assert float(jnp.abs(k[3]).max()) == 0.0 and float(jnp.abs(h[3]).max()) == 0.0  # padding entry
     # the delta at layer 1 matters for layer-3 outputs; keys at layer 1 itself ignore it
     _, h0 = compute_keys(model, batch, layer=2, out_layer=3)

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from edit_fixtures import argmax
 
 from mkejax.edit import ContextTemplates, TemplateSpec, context_templates
 from mkejax.edit import templates as templates_module
 
 
 def greedy_reference(model, tok, word: str, length: int) -> str:
+    """Appends the argmax token until ``length`` tokens (BOS not counted): one full forward per token."""
     ids = tok(word)["input_ids"]
     n_special = len(ids) - len(tok(word, add_special_tokens=False)["input_ids"])
     while len(ids) - n_special < length:
-        ids.append(int(jnp.argmax(model(jnp.asarray([ids]))[0, -1])))
+        pred, _ = argmax(model, [ids])
+        ids.append(int(pred[0, -1]))
     return tok.decode(ids, skip_special_tokens=True)
 
 
