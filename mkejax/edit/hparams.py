@@ -68,7 +68,8 @@ class StatsSpec:
 
     Attributes:
       corpus: corpus name (MEMIT: "wikipedia"); recorded in the statistics fingerprint.
-      n_samples: number of documents the published setting uses (MEMIT: 100,000); recorded in the fingerprint.
+      n_samples: documents in the published setting (MEMIT: 100,000 articles), for provenance and the
+        fingerprint; None when unspecified. The reader stops at ``total_tokens``.
       total_tokens: token budget handed to ``Corpus.token_batches`` (the reader counts tokens, not documents).
       max_length: tokens per document after truncation (MEMIT: the model context; Qwen capped at 4096).
       batch_size: documents per statistics step.
@@ -77,7 +78,7 @@ class StatsSpec:
     """
 
     corpus: str = "wikipedia"
-    n_samples: int = 100_000
+    n_samples: int | None = None
     total_tokens: int = 50_000_000
     max_length: int = 4096
     batch_size: int = 8
@@ -85,7 +86,7 @@ class StatsSpec:
     dtype: str = "float32"
 
     def __post_init__(self):
-        if min(self.n_samples, self.total_tokens, self.batch_size) < 1 or self.max_length < 2:
+        if min(self.n_samples or 1, self.total_tokens, self.batch_size) < 1 or self.max_length < 2:
             raise HparamsError("stats need n_samples, total_tokens, batch_size >= 1 and max_length >= 2")
         if self.dtype != "float32":
             raise HparamsError(f"statistics accumulate in float32 only, got dtype {self.dtype!r}")
