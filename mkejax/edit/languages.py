@@ -21,8 +21,9 @@ afterwards (:mod:`mkejax.merge`). :func:`edit_languages` computes all L deltas a
    :func:`mkejax.edit.multilingual.solve_languages` over all languages with own (K_l K_lᵀ) or shared
    (Σ_m K_m K_mᵀ) covariance.
 
-With a ``mesh``, the language axis (and the request axis of the target values) is sharded over its ``lang``
-axis (jit input shardings for the model computations, ``shard_map`` in the solve); language stacks are padded to
+With a ``mesh``, the language axis is sharded over its ``lang`` axis and the request axis over its ``data``
+axis (the concatenated requests of the target values over both; jit input shardings for the model computations,
+``shard_map`` over ``lang`` in the solve); language stacks are padded to
 a multiple of that axis' size with fully masked dummy languages (12 languages on 8 devices -> 16 slots in the
 solve), which get zero deltas and add nothing to the shared Gram, and the concatenated requests with inactive
 ones. The model stays where the caller put it when it already lives on the mesh (e.g. fsdp-sharded), else it is
@@ -62,7 +63,7 @@ from mkejax.edit.stats import KeyStatistics
 from mkejax.edit.targets import Targets, compute_targets
 from mkejax.edit.templates import ContextTemplates, context_templates
 from mkejax.models.llama import down_proj_path, layer_deltas
-from mkejax.sharding import LANG
+from mkejax.sharding import DATA, LANG
 
 Array = jax.Array
 Templates = ContextTemplates | Mapping[str, ContextTemplates] | None
@@ -188,33 +189,42 @@ def _keys(graphdef, state, batch, deltas, *, layer, out_layer) -> tuple[Array, A
 
 
 class _Placer:
-    """Puts arrays on the mesh: the language (or folded language-request) axis over ``lang``, the model replicated
-    unless it already lives on the mesh's devices (then its own sharding, e.g. fsdp, is kept)."""
+    """Puts arrays on the mesh: languages over ``lang`` and requests over ``data`` (both axes when present), the
+    model replicated unless it already lives on the mesh's devices (then its own sharding, e.g. fsdp, is kept)."""
 
     def __init__(self, mesh):
         self.mesh = mesh
-        self.rep = None if mesh is None else NamedSharding(mesh, Spec())
+        self.langs = 1 if mesh is None else mesh.shape[LANG]  # language stacks: a multiple of this
+        self.rows = 1 if mesh is None else mesh.shape[DATA]  # requests per language: a multiple of this
 
-    def lang(self, tree, *, folded: bool = False):
-        """Leading axes over ``lang``; a folded batch's key weights [P] (not per language) replicated."""
+    def _put(self, tree, spec):
         if self.mesh is None:
             return jax.tree.map(jnp.asarray, tree)
-        if folded:
-            weights = jax.device_put(tree.key_weights, self.rep)
-            return dataclasses.replace(
-                self.lang(dataclasses.replace(tree, key_weights=None)), key_weights=weights
-            )
-        return jax.tree.map(lambda x: jax.device_put(x, NamedSharding(self.mesh, Spec(LANG))), tree)
+        return jax.tree.map(lambda x: jax.device_put(x, NamedSharding(self.mesh, spec)), tree)
+
+    def requests(self, b: EditBatch) -> EditBatch:
+        """A concatenated batch [N, ...] (N a multiple of langs·rows): requests over (lang, data)."""
+        out = self._put(dataclasses.replace(b, key_weights=None), Spec((LANG, DATA)))
+        return dataclasses.replace(out, key_weights=self._put(b.key_weights, Spec()))  # [P] replicated
+
+    def stacked(self, b: EditBatch) -> EditBatch:
+        """Language stacks [c, n, ...]: languages over lang, requests over data (key weights [c, P] over lang)."""
+        out = self._put(dataclasses.replace(b, key_weights=None), Spec(LANG, DATA))
+        return dataclasses.replace(out, key_weights=self._put(b.key_weights, Spec(LANG)))
+
+    def deltas(self, tree):
+        return self._put(tree, Spec(LANG))  # [c, D, F]
 
     def state(self, state):
         if self.mesh is None:
             return state
         devices = set(self.mesh.devices.flat)
+        rep = NamedSharding(self.mesh, Spec())
 
         def put(x):
             if isinstance(x, jax.Array) and set(x.sharding.device_set) == devices:
                 return x
-            return jax.device_put(x, self.rep)
+            return jax.device_put(x, rep)
 
         return jax.tree.map(put, state)
 
@@ -330,7 +340,8 @@ def edit_languages(
       stats: key statistics of every edited layer (AlphaEdit: only used when ``projections`` is None).
       shared_cov: solve each language with Σ_m K_m K_mᵀ over all languages (shared covariance) instead of its
         own K_l K_lᵀ.
-      mesh: shard the language axis over this mesh's ``lang`` axis (languages padded to a multiple of its size).
+      mesh: shard languages over this mesh's ``lang`` axis (padded to a multiple of its size with dummy
+        languages) and requests over its ``data`` axis (padded with inactive requests).
       templates: one :class:`ContextTemplates` for every language, {language: ContextTemplates}, or None to make
         each language's templates from ``hparams.templates`` (per-language seed words; cached).
       template_cache: folder for the generated templates' JSON cache.
@@ -376,7 +387,6 @@ def edit_languages(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     if mesh is not None and LANG not in mesh.shape:
         raise ValueError(f"mesh has no {LANG!r} axis (axes: {', '.join(mesh.axis_names)})")
-    devices = mesh.shape[LANG] if mesh is not None else 1
     groups = _groups(items, live)
 
     place = _Placer(mesh)
@@ -385,7 +395,7 @@ def edit_languages(
     on_mesh = nnx.merge(graphdef, state)  # the model with its parameters where the computations run
 
     # Target values: each group's requests concatenated on the request axis (chunks of lang_batch languages and
-    # of request_batch requests), padded with inactive requests to a multiple of the devices.
+    # of request_batch requests), padded with inactive requests to a multiple of the lang x data devices.
     hp = hparams.target_hparams()
     z = np.zeros((L, n, model.config.hidden_size), np.float32)
     lang_targets: dict[int, Targets] = {}
@@ -397,7 +407,7 @@ def edit_languages(
             ]
             counts = [b.num_requests for b in parts]
             total = sum(counts)
-            size = _round_up(min(request_batch or total, total), devices)
+            size = _round_up(min(request_batch or total, total), place.langs * place.rows)
             joined = jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
             joined = dataclasses.replace(joined, key_weights=parts[0].key_weights)  # [P]; unused by targets
             joined = _pad_batch(joined, n=_round_up(total, size), p=g.p, t=g.t, m=g.m, pad_id=pad_id)
@@ -405,7 +415,7 @@ def edit_languages(
             outs = [
                 compute_targets(
                     on_mesh,
-                    place.lang(joined.select(slice(s, s + size)), folded=True),
+                    place.requests(joined.select(slice(s, s + size))),
                     hp,
                     layer=hparams.edit_layer,
                 )
@@ -417,14 +427,16 @@ def edit_languages(
                 z[i, :count] = lang_targets[i].z
 
     # Keys per group chunk: the members' batches at the group's shapes stacked on a language axis, padded with
-    # inactive languages to a fixed chunk size (a multiple of the devices; one compilation per group and layer).
+    # inactive languages to a fixed chunk size (a multiple of the lang devices; one compilation per group and
+    # layer) and with inactive requests to a multiple of the data devices.
     units = []  # (member indices, stacked batch [c, n_g, ...], chunk size)
     for g in groups:
-        width = _round_up(min(lang_batch or len(g.members), len(g.members)), devices)
+        width = _round_up(min(lang_batch or len(g.members), len(g.members)), place.langs)
+        n_g = _round_up(g.n, place.rows)
         for chunk in g.chunks(lang_batch):
-            batches = [_pad_batch(items[i].batch, n=g.n, p=g.p, t=g.t, m=g.m, pad_id=pad_id) for i in chunk]
+            batches = [_pad_batch(items[i].batch, n=n_g, p=g.p, t=g.t, m=g.m, pad_id=pad_id) for i in chunk]
             batches += [_inactive(batches[0])] * (width - len(chunk))
-            units.append((chunk, place.lang(_stack(batches)), width))
+            units.append((chunk, place.stacked(_stack(batches)), width))
     active = np.zeros((L, n), bool)  # [L, n] edited requests (False: padding, skipped, dead languages)
     for i in live:
         active[i, : items[i].batch.num_requests] = items[i].batch.active
@@ -438,10 +450,10 @@ def edit_languages(
             deltas = {
                 l: jnp.pad(d[idx], ((0, width - len(chunk)), (0, 0), (0, 0))) for l, d in applied.items()
             }
-            k, h = _keys(graphdef, state, batch, place.lang(deltas), layer=layer, out_layer=layers[-1])
-            c, n_g = len(chunk), batch.active.shape[1]
-            k_all = k_all.at[idx, :n_g].set(k[:c])
-            h_all = h_all.at[idx, :n_g].set(h[:c])
+            k, h = _keys(graphdef, state, batch, place.deltas(deltas), layer=layer, out_layer=layers[-1])
+            c, n_g = len(chunk), min(batch.active.shape[1], n)  # the data axis may have padded the requests
+            k_all = k_all.at[idx, :n_g].set(k[:c, :n_g])
+            h_all = h_all.at[idx, :n_g].set(h[:c, :n_g])
         r = (jnp.asarray(z) - h_all) / (
             len(layers) - step
         )  # [L, n, D] the remaining error over the layers left
