@@ -62,6 +62,7 @@ from mkejax.edit.result import EditResult, RequestDiagnostics
 from mkejax.edit.stats import KeyStatistics
 from mkejax.edit.targets import Targets, compute_targets
 from mkejax.edit.templates import ContextTemplates, context_templates
+from mkejax.merge import merge
 from mkejax.models.llama import down_proj_path, layer_deltas
 from mkejax.sharding import DATA, LANG
 
@@ -107,8 +108,6 @@ class EditSet:
 
     def merge(self, method: str, **hparams) -> dict[str, Array]:
         """The merged delta {path: ΔW [D, F]} (:func:`mkejax.merge.merge`, e.g. ``"sum"``, ``alpha=1.0``)."""
-        from mkejax.merge import merge
-
         return merge(self.deltas, method, **hparams)
 
 
@@ -128,7 +127,7 @@ jax.tree_util.register_pytree_with_keys(
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Batches: padding to common shapes, stacking, folding
+# Batches: padding to common shapes, stacking
 
 
 def _round_up(x: int, multiple: int) -> int:

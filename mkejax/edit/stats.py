@@ -259,7 +259,12 @@ def _compute(
     if mesh is not None:
         rows = mesh.shape[DATA]
         replicated, row_sharded = NamedSharding(mesh, Spec()), NamedSharding(mesh, Spec(DATA))
-        state = jax.device_put(state, replicated)
+        on_mesh = set(mesh.devices.flat)
+        if not all(getattr(x, "sharding", None) is not None and x.sharding.device_set == on_mesh
+                   for x in jax.tree.leaves(state)):  # fmt: skip
+            state = jax.device_put(
+                state, replicated
+            )  # weights already placed on the mesh (e.g. FSDP) stay put
     set_fp = _fingerprint({"partial_of": [fps[l] for l in layers]})
     partial = root / f"partial-{set_fp[:16]}" if root is not None else None
     sums = {l: jnp.zeros((f, f), jnp.float32) for l in layers}
