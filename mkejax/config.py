@@ -39,7 +39,16 @@ from mkejax.data.request import LANGUAGES
 from mkejax.data.subject import SubjectPolicy
 from mkejax.sharding import AXES
 
-CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+def configs_dir() -> pathlib.Path:
+    """The shipped configs: ``configs/`` of a source checkout or editable install, else the copy a wheel install
+    holds in ``mkejax/configs`` (put there by ``setup.py``)."""
+    here = pathlib.Path(__file__).resolve().parent
+    checkout = here.parent / "configs"
+    return checkout if (checkout / "hparams").is_dir() else here / "configs"
+
+
+CONFIG_DIR = configs_dir()
 MergeMethod = Literal["sum", "mean", "tsvm", "ties", "task_arithmetic"]
 EditMethod = Literal["memit", "alphaedit", "rome"]
 Protocol = Literal["pre_edit", "merged", "cross_lingual"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pathlib
 
 import pytest
@@ -243,3 +244,34 @@ def test_merge_methods_match_the_registry():
 
     assert set(MERGE_METHODS) == set(available())
     assert set(typing.get_args(typing.get_type_hints(MergeVariant)["method"])) == set(MERGE_METHODS)
+
+
+def test_wheel_ships_configs_and_presets(tmp_path):
+    """A non-editable install (the wheel, unpacked) finds the shipped configs and presets without the checkout."""
+    import importlib.util
+    import subprocess
+    import sys
+    import zipfile
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation, str(repo), "-w", str(tmp_path / "w")],
+        check=False, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = (tmp_path / "w").glob("mkejax-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        z.extractall(tmp_path / "site")
+    code = (
+        "import mkejax.config as c, mkejax.edit.hparams as h; "
+        "print(c.CONFIG_DIR); print(c.load_config('demo').edit.preset); "
+        "print(h.load_preset('memit', c.load_config('demo').edit.preset).layers)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "site")},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    where, preset, _ = out.stdout.splitlines()
+    assert pathlib.Path(where) == tmp_path / "site" / "mkejax" / "configs" and preset == "smollm2-135m"

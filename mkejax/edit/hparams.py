@@ -15,7 +15,9 @@ from typing import Any
 
 import yaml
 
-PRESET_DIR = pathlib.Path(__file__).resolve().parents[2] / "configs" / "hparams"
+from mkejax.config import configs_dir as _configs_dir
+
+PRESET_DIR = _configs_dir() / "hparams"
 
 DEFAULT_SEED_WORDS = ("The", "Therefore", "Because", "I", "You")
 
