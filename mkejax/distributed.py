@@ -27,6 +27,7 @@ import logging
 import os
 
 import jax
+import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -128,3 +129,16 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+def host_array(x) -> np.ndarray:
+    """The whole value of an array as NumPy on this host.
+
+    A jax.Array sharded over devices of several processes (not fully addressable) is all-gathered across
+    processes, so every process must call this at the same point; anything else is ``np.asarray``.
+    """
+    if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x))
+    return np.asarray(x)

@@ -58,6 +58,7 @@ def test_first_run_computes_every_stage_and_protocol(base):
     expected = {
         "stats/layer1",
         "stats/layer2",
+        "targets/en-de-fr",
         "edits/own_en-de-fr",
         "edits/shared_en-de-fr",
         "scores/pre_edit",
@@ -144,7 +145,8 @@ def test_merged_artefacts_and_scores_match_direct_computation(base):
 def test_rerun_reuses_every_artefact_and_gives_identical_results(base):
     cfg, first, csv, _ = base
     again = run(cfg, progress=False)
-    assert again.recomputed == [] and set(again.cached) == _names(first.recomputed)
+    # the target values are read only when an edit set has to be recomputed
+    assert again.recomputed == [] and set(again.cached) == _names(first.recomputed) - {"targets/en-de-fr"}
     assert (cfg.run_dir / RESULTS / "results.csv").read_text() == csv
 
 
@@ -208,6 +210,21 @@ def test_request_change_recomputes_edits_but_not_statistics(base, setup):
     copy_run(cfg0.run_dir, cfg.run_dir)
     summary = run(cfg, until="edits", progress=False)
     assert set(summary.cached) == {"stats/layer1", "stats/layer2"}
+    assert dict(summary.recomputed) == {
+        "targets/en-de-fr": "settings changed",
+        "edits/own_en-de-fr": "settings changed",
+        "edits/shared_en-de-fr": "settings changed",
+    }
+
+
+def test_lambda_change_reuses_targets_and_statistics(base, setup):
+    """λ changes the solves only: the target values (optimised once for both covariance modes) and the key
+    statistics are reused, both edit sets are recomputed."""
+    cfg0, _, _, _ = base
+    cfg = setup.config("lambda", "edit.overrides.mom2_update_weight=40.0")
+    copy_run(cfg0.run_dir, cfg.run_dir)
+    summary = run(cfg, until="edits", progress=False)
+    assert set(summary.cached) == {"stats/layer1", "stats/layer2", "targets/en-de-fr"}
     assert dict(summary.recomputed) == {
         "edits/own_en-de-fr": "settings changed", "edits/shared_en-de-fr": "settings changed"
     }  # fmt: skip

@@ -50,6 +50,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as Spec
 
 from mkejax.data.request import EditRequest
+from mkejax.distributed import host_array
 from mkejax.edit.alphaedit import nullspace_projections
 from mkejax.edit.common import check_stats_layers, diagnostics, prepare
 from mkejax.edit.driver import edit
@@ -312,91 +313,29 @@ def _method(hparams, stats: KeyStatistics, projections) -> tuple[str, dict]:
     )
 
 
-def edit_languages(
-    model,
-    tokenizer,
-    requests_by_lang: Mapping[str, Sequence[EditRequest]],
-    hparams: MemitHparams | AlphaEditHparams,
-    stats: KeyStatistics,
-    *,
-    shared_cov: bool,
-    mesh: jax.sharding.Mesh | None = None,
-    templates: Templates = None,
-    template_cache=None,
-    projections: Mapping[int, Array] | None = None,
-    lang_batch: int | None = None,
-    request_batch: int | None = None,
-) -> EditSet:
-    """One edit vector per language, all computed in one call (Lee et al. 2026, arXiv 2605.13919).
-
-    Args:
-      model: the NNX model (not modified).
-      tokenizer: its fast tokenizer.
-      requests_by_lang: {language: requests}; languages may have different request counts; requests with
-        subject rule "skip" are recorded as skipped (masked), a language with only skipped requests gets a zero
-        delta.
-      hparams: MEMIT or AlphaEdit hyperparameters (MEMIT: Meng et al. 2023; AlphaEdit: Fang et al. 2025).
-      stats: key statistics of every edited layer (AlphaEdit: only used when ``projections`` is None).
-      shared_cov: solve each language with Σ_m K_m K_mᵀ over all languages (shared covariance) instead of its
-        own K_l K_lᵀ.
-      mesh: shard languages over this mesh's ``lang`` axis (padded to a multiple of its size with dummy
-        languages) and requests over its ``data`` axis (padded with inactive requests).
-      templates: one :class:`ContextTemplates` for every language, {language: ContextTemplates}, or None to make
-        each language's templates from ``hparams.templates`` (per-language seed words; cached).
-      template_cache: folder for the generated templates' JSON cache.
-      projections: AlphaEdit's P per layer (default: from ``stats``, cached).
-      lang_batch: process this many languages at a time (model computations and solves) to bound memory;
-        None processes all at once.
-      request_batch: optimise the target values of at most this many requests per call (they are independent,
-        so the result is the same; bounds the activations kept for the backward pass). None: no limit.
-
-    Returns:
-      An :class:`EditSet` with deltas {``down_proj_path(l)``: ΔW [L, D, F]}.
-
-    Raises:
-      RequestError: a language without requests or a request that cannot be tokenised (named).
-      HparamsError / StatsError / ValueError: layers out of range, missing or singular statistics, a singular
-        system (the language named); never NaN weights.
-    """
-    langs = tuple(requests_by_lang)
-    if not langs:
-        raise RequestError("edit_languages: no languages")
-    for name, value in (("lang_batch", lang_batch), ("request_batch", request_batch)):
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-    method, solve_args = _method(hparams, stats, projections)
-    hparams.check_model(model.config.num_hidden_layers)
-    layers = hparams.layers
-
+def _prepare_languages(model, tokenizer, requests_by_lang, hparams, templates, template_cache) -> list[_Lang]:
     items = []
-    for lang in langs:
+    for lang in requests_by_lang:
         reqs = list(requests_by_lang[lang])
         if not reqs:
             raise RequestError(f"language {lang!r}: no requests to edit")
         tmpl = _templates_for(model, tokenizer, hparams, lang, templates, template_cache)
         edited, batch, _ = prepare(model, tokenizer, reqs, hparams, templates=tmpl)
         items.append(_Lang(lang, reqs, edited, batch, 0 if batch is None else batch.num_templates))
-    live = [i for i, it in enumerate(items) if it.batch is not None]
-    if not live:
-        diags = {it.name: diagnostics(it.requests, it.edited, None) for it in items}
-        return EditSet({}, langs, hparams, diags, bool(shared_cov))
+    return items
 
-    L = len(langs)
-    n = max(items[i].batch.num_requests for i in live)  # request columns of K and R
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    if mesh is not None and LANG not in mesh.shape:
-        raise ValueError(f"mesh has no {LANG!r} axis (axes: {', '.join(mesh.axis_names)})")
-    groups = _groups(items, live)
 
-    place = _Placer(mesh)
-    graphdef, state = nnx.split(model)
-    state = place.state(state)
-    on_mesh = nnx.merge(graphdef, state)  # the model with its parameters where the computations run
+def _check_batches(lang_batch, request_batch) -> None:
+    for name, value in (("lang_batch", lang_batch), ("request_batch", request_batch)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive int or None, got {value!r}")
 
-    # Target values: each group's requests concatenated on the request axis (chunks of lang_batch languages and
-    # of request_batch requests), padded with inactive requests to a multiple of the lang x data devices.
+
+def _optimise_targets(items, groups, on_mesh, place, hparams, lang_batch, request_batch, pad_id):
+    """{item index: Targets} for every live language. Each group's requests concatenated on the request axis
+    (chunks of lang_batch languages and of request_batch requests), padded with inactive requests to a multiple
+    of the lang x data devices."""
     hp = hparams.target_hparams()
-    z = np.zeros((L, n, model.config.hidden_size), np.float32)
     lang_targets: dict[int, Targets] = {}
     for g in groups:
         for chunk in g.chunks(lang_batch):
@@ -420,10 +359,152 @@ def edit_languages(
                 )
                 for s in range(0, joined.num_requests, size)
             ]
-            out = jax.tree.map(lambda *xs: np.concatenate([np.asarray(x) for x in xs]), *outs)
+            out = jax.tree.map(lambda *xs: np.concatenate([host_array(x) for x in xs]), *outs)
             for i, start, count in zip(chunk, np.cumsum([0, *counts]), counts, strict=False):
                 lang_targets[i] = jax.tree.map(lambda x, a=start, c=count: x[a : a + c], out)
-                z[i, :count] = lang_targets[i].z
+    return lang_targets
+
+
+def _on_mesh(model, mesh):
+    place = _Placer(mesh)
+    graphdef, state = nnx.split(model)
+    state = place.state(state)
+    return place, graphdef, state, nnx.merge(graphdef, state)  # the model where the computations run
+
+
+def language_targets(
+    model,
+    tokenizer,
+    requests_by_lang: Mapping[str, Sequence[EditRequest]],
+    hparams: MemitHparams | AlphaEditHparams,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    templates: Templates = None,
+    template_cache=None,
+    lang_batch: int | None = None,
+    request_batch: int | None = None,
+) -> dict[str, Targets]:
+    """The target values z of every language's edited requests (step 2 of :func:`edit_languages`).
+
+    They depend on the unedited model, the requests, the context templates and the target hyperparameters
+    (``hparams.target_hparams()``, the edit layer) but not on the key statistics, λ or the covariance mode, so one
+    result serves own and shared covariance, MEMIT and AlphaEdit and every λ: pass it to
+    :func:`edit_languages` as ``targets``. Arguments as in :func:`edit_languages`.
+
+    Returns:
+      {language: :class:`Targets` with one row per edited (not skipped) request, in request order}; languages
+      whose requests are all skipped are absent.
+    """
+    _check_batches(lang_batch, request_batch)
+    hparams.check_model(model.config.num_hidden_layers)
+    items = _prepare_languages(model, tokenizer, requests_by_lang, hparams, templates, template_cache)
+    live = [i for i, it in enumerate(items) if it.batch is not None]
+    if not live:
+        return {}
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    place, _, _, on_mesh = _on_mesh(model, mesh)
+    found = _optimise_targets(
+        items, _groups(items, live), on_mesh, place, hparams, lang_batch, request_batch, pad_id
+    )
+    return {items[i].name: t for i, t in found.items()}
+
+
+def _given_targets(items, live, targets: Mapping[str, Targets]) -> dict[int, Targets]:
+    out = {}
+    for i in live:
+        name, want = items[i].name, items[i].batch.num_requests
+        if name not in targets:
+            raise ValueError(f"targets: no target values for language {name!r}; have {sorted(targets)}")
+        t = jax.tree.map(np.asarray, targets[name])
+        if t.z.shape[0] != want:
+            raise ValueError(
+                f"targets[{name!r}]: {t.z.shape[0]} target values for {want} edited requests (were they computed "
+                "for these requests with language_targets?)"
+            )
+        out[i] = t
+    return out
+
+
+def edit_languages(
+    model,
+    tokenizer,
+    requests_by_lang: Mapping[str, Sequence[EditRequest]],
+    hparams: MemitHparams | AlphaEditHparams,
+    stats: KeyStatistics,
+    *,
+    shared_cov: bool,
+    mesh: jax.sharding.Mesh | None = None,
+    templates: Templates = None,
+    template_cache=None,
+    projections: Mapping[int, Array] | None = None,
+    lang_batch: int | None = None,
+    request_batch: int | None = None,
+    targets: Mapping[str, Targets] | None = None,
+) -> EditSet:
+    """One edit vector per language, all computed in one call (Lee et al. 2026, arXiv 2605.13919).
+
+    Args:
+      model: the NNX model (not modified).
+      tokenizer: its fast tokenizer.
+      requests_by_lang: {language: requests}; languages may have different request counts; requests with
+        subject rule "skip" are recorded as skipped (masked), a language with only skipped requests gets a zero
+        delta.
+      hparams: MEMIT or AlphaEdit hyperparameters (MEMIT: Meng et al. 2023; AlphaEdit: Fang et al. 2025).
+      stats: key statistics of every edited layer (AlphaEdit: only used when ``projections`` is None).
+      shared_cov: solve each language with Σ_m K_m K_mᵀ over all languages (shared covariance) instead of its
+        own K_l K_lᵀ.
+      mesh: shard languages over this mesh's ``lang`` axis (padded to a multiple of its size with dummy
+        languages) and requests over its ``data`` axis (padded with inactive requests).
+      templates: one :class:`ContextTemplates` for every language, {language: ContextTemplates}, or None to make
+        each language's templates from ``hparams.templates`` (per-language seed words; cached).
+      template_cache: folder for the generated templates' JSON cache.
+      projections: AlphaEdit's P per layer (default: from ``stats``, cached).
+      lang_batch: process this many languages at a time (model computations and solves) to bound memory;
+        None processes all at once.
+      request_batch: optimise the target values of at most this many requests per call (they are independent,
+        so the result is the same; bounds the activations kept for the backward pass). None: no limit.
+      targets: target values from :func:`language_targets` for these requests (e.g. computed once for own and
+        shared covariance); None optimises them here.
+
+    Returns:
+      An :class:`EditSet` with deltas {``down_proj_path(l)``: ΔW [L, D, F]}.
+
+    Raises:
+      RequestError: a language without requests or a request that cannot be tokenised (named).
+      HparamsError / StatsError / ValueError: layers out of range, missing or singular statistics, a singular
+        system (the language named); never NaN weights.
+    """
+    langs = tuple(requests_by_lang)
+    if not langs:
+        raise RequestError("edit_languages: no languages")
+    _check_batches(lang_batch, request_batch)
+    method, solve_args = _method(hparams, stats, projections)
+    hparams.check_model(model.config.num_hidden_layers)
+    layers = hparams.layers
+
+    items = _prepare_languages(model, tokenizer, requests_by_lang, hparams, templates, template_cache)
+    live = [i for i, it in enumerate(items) if it.batch is not None]
+    if not live:
+        diags = {it.name: diagnostics(it.requests, it.edited, None) for it in items}
+        return EditSet({}, langs, hparams, diags, bool(shared_cov))
+
+    L = len(langs)
+    n = max(items[i].batch.num_requests for i in live)  # request columns of K and R
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if mesh is not None and LANG not in mesh.shape:
+        raise ValueError(f"mesh has no {LANG!r} axis (axes: {', '.join(mesh.axis_names)})")
+    groups = _groups(items, live)
+
+    place, graphdef, state, on_mesh = _on_mesh(model, mesh)
+    if targets is None:
+        lang_targets = _optimise_targets(
+            items, groups, on_mesh, place, hparams, lang_batch, request_batch, pad_id
+        )
+    else:
+        lang_targets = _given_targets(items, live, targets)
+    z = np.zeros((L, n, model.config.hidden_size), np.float32)
+    for i, t in lang_targets.items():
+        z[i, : t.z.shape[0]] = t.z
 
     # Keys per group chunk: the members' batches at the group's shapes stacked on a language axis, padded with
     # inactive languages to a fixed chunk size (a multiple of the lang devices; one compilation per group and

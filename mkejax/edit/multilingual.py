@@ -26,6 +26,7 @@ import jax.scipy.linalg as jsl
 import numpy as np
 from jax.sharding import PartitionSpec as Spec
 
+from mkejax.distributed import host_array
 from mkejax.edit.solvers import (
     HIGHEST,
     alphaedit_core,
@@ -244,8 +245,8 @@ def solve_languages(
     if not isinstance(out, jax.core.Tracer):
         # Eager: name the languages whose system was singular (NaN ratios count) or whose delta is non-finite.
         tol = singular_tol(compute_dtype(use64))
-        finite = np.isfinite(np.asarray(out)).reshape(L, -1).all(1)
-        bad = np.flatnonzero(~(np.asarray(ratios, np.float64) > tol) | ~finite)
+        finite = host_array(jnp.isfinite(out).reshape(L, -1).all(1))  # [L], reduced on device
+        bad = np.flatnonzero(~(host_array(ratios).astype(np.float64) > tol) | ~finite)
         if bad.size:
             which = [names[i] if names else int(i) for i in bad]
             what = "lam·C + Gram" if method == "memit" else "P·Gram + l2·I"

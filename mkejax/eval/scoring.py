@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from mkejax.distributed import host_array
 from mkejax.eval.encoding import Batch
 from mkejax.models.llama import CausalLM, hf_name, layer_deltas
 from mkejax.sharding import DATA, batch_sharding
@@ -145,7 +146,7 @@ def predict(
     out = np.full((n_examples, window), -1, np.int32)
 
     def collect(batch, pending):
-        pred = np.asarray(pending)  # [B, k]
+        pred = host_array(pending)  # [B, k]; gathered across processes when sharded over several
         keep = batch.rows >= 0
         out[batch.rows[keep], window - batch.window :] = pred[keep]
 

@@ -55,6 +55,7 @@ from mkejax.runner.rundir import (
     read_run_info,
     run_config,
     stats_name,
+    targets_name,
 )
 from mkejax.runner.stages import STAGES, Runner, RunSummary, StageSummary, count_tokens, model_label, run
 
@@ -83,5 +84,6 @@ __all__ = [
     "run",
     "run_config",
     "stats_name",
+    "targets_name",
     "write_run_report",
 ]

@@ -42,6 +42,11 @@ def edit_name(languages, shared_cov: bool) -> str:
     return f"edits/{'shared' if shared_cov else 'own'}_{'-'.join(languages)}"
 
 
+def targets_name(languages) -> str:
+    """Artefact name of the target values of ``languages``' requests: ``targets/en-de``."""
+    return f"targets/{'-'.join(languages)}"
+
+
 def merged_name(variant: MergeVariant, alpha: float, rank_ratio: float | None = None) -> str:
     """Artefact name of a merged delta: ``merged/tsvm_shared_a1.5_r0.1`` (``r`` only for TSVM)."""
     rank = f"_r{_num(rank_ratio)}" if variant.method == "tsvm" else ""

@@ -39,6 +39,7 @@ from mkejax.runner.rundir import (
     params_name,
     prepare_run_dir,
     stats_name,
+    targets_name,
 )
 
 logger = logging.getLogger("mkejax.runner")
@@ -162,6 +163,7 @@ class Runner:
         self._edits: dict[bool, _Edits] = {}
         self._merged: dict[str, tuple[dict, str]] = {}
         self._stats = None
+        self._targets: dict | None = None
 
     # --------------------------------------------------------------------------------------------- plumbing
     @staticmethod
@@ -331,6 +333,14 @@ class Runner:
             modes.add(False)
         return tuple(sorted(modes))
 
+    @functools.cached_property
+    def request_digests(self) -> dict:
+        """A digest per language (the full requests would make the metadata megabytes for 700 x 12 MzsRE)."""
+        return {
+            lang: {"count": len(reqs), "sha256": hashlib.sha256(canonical_json(reqs).encode()).hexdigest()}
+            for lang, reqs in self.requests.items()
+        }
+
     def edit_settings(self, shared_cov: bool) -> dict:
         stats = self.statistics()
         return {
@@ -342,16 +352,46 @@ class Runner:
             "hparams": canonical(self.hparams),
             "stats": {str(l): stats.fingerprints[l] for l in self.hparams.layers},
             "languages": list(self.config.data.languages),
-            # a digest per language (the full requests would make the metadata megabytes for 700 x 12 MzsRE)
-            "requests": {
-                lang: {
-                    "count": len(reqs),
-                    "sha256": hashlib.sha256(canonical_json(reqs).encode()).hexdigest(),
-                }
-                for lang, reqs in self.requests.items()
-            },
+            "requests": self.request_digests,
             "shared_cov": bool(shared_cov),
         }
+
+    def targets(self) -> dict:
+        """{language: Targets} of every language's requests (:func:`mkejax.edit.languages.language_targets`),
+        optimised once for both covariance modes and cached as ``targets/<languages>``. They depend on the model,
+        the requests, the templates and the target hyperparameters only: a new λ, statistics corpus, method
+        (MEMIT <-> AlphaEdit with the same target settings) or covariance mode reuses them."""
+        if self._targets is not None:
+            return self._targets
+        from mkejax.edit import Targets
+        from mkejax.edit.languages import language_targets
+
+        hp = self.hparams
+        langs = tuple(self.config.data.languages)
+        settings = {
+            "kind": "targets",
+            "version": 1,
+            "model": self.model_digest,
+            "tokenizer": self.tokenizer_digest,
+            "target_hparams": canonical(hp.target_hparams()),
+            "edit_layer": hp.edit_layer,
+            "templates": canonical(hp.templates),
+            "languages": list(langs),
+            "requests": self.request_digests,
+        }
+
+        def compute():
+            found = language_targets(
+                self.model, self.tokenizer, self.requests, hp, mesh=self.mesh,
+                template_cache=self.store.path("templates"),
+            )  # fmt: skip
+            return {lang: dataclasses.asdict(t) for lang, t in found.items()}
+
+        tree, _ = self.store.get_or_compute(targets_name(langs), settings, compute)
+        self._targets = {
+            lang: Targets(**{k: np.asarray(v) for k, v in t.items()}) for lang, t in tree.items()
+        }
+        return self._targets
 
     def edit_set(self, shared_cov: bool) -> _Edits:
         """The per-language edit vectors with own or shared covariance (`mkejax.edit.languages`)."""
@@ -370,6 +410,7 @@ class Runner:
             result = edit_languages(
                 self.model, self.tokenizer, self.requests, self.hparams, self.statistics(),
                 shared_cov=shared_cov, mesh=self.mesh, template_cache=self.store.path("templates"),
+                targets=self.targets(),
             )  # fmt: skip
             if tuple(result.languages) != langs:
                 raise ValueError(f"edit_languages returned languages {result.languages}, expected {langs}")

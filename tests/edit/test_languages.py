@@ -30,7 +30,7 @@ from mkejax.edit import (
     RomeHparams,
     TemplateSpec,
 )
-from mkejax.edit.languages import EditSet, edit_joint, edit_languages, edit_single
+from mkejax.edit.languages import EditSet, edit_joint, edit_languages, edit_single, language_targets
 from mkejax.models import down_proj_path, load_model, load_tokenizer
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -174,6 +174,30 @@ def test_edit_set_pytree_and_orbax_roundtrip(setup, shared_set, tmp_path):
         np.testing.assert_array_equal(np.asarray(restored.deltas[path]), np.asarray(d))
     with pytest.raises(KeyError, match="have en, de, zh"):
         shared_set.single("fr")
+
+
+def test_targets_computed_once_serve_both_modes(setup, shared_set):
+    """Target values from ``language_targets`` (no statistics, no covariance mode) give the same shared-covariance
+    edit as optimising them inside ``edit_languages``; targets for other requests are refused by name."""
+    model, tok, requests, stats = setup
+    targets = language_targets(model, tok, requests, MEMIT, templates=TEMPLATES)
+    assert sorted(targets) == sorted(LANGS) and targets["de"].z.shape == (
+        COUNTS["de"],
+        model.config.hidden_size,
+    )
+    es = edit_languages(
+        model, tok, requests, MEMIT, stats, shared_cov=True, templates=TEMPLATES, targets=targets
+    )
+    assert_deltas_close(es.deltas, shared_set.deltas, "given targets")
+    assert es.diagnostics == shared_set.diagnostics
+    with pytest.raises(ValueError, match="no target values for language 'zh'"):
+        edit_languages(model, tok, requests, MEMIT, stats, shared_cov=False, templates=TEMPLATES,
+                       targets={k: v for k, v in targets.items() if k != "zh"})  # fmt: skip
+    short = {**targets, "en": jax.tree.map(lambda x: x[:1], targets["en"])}
+    with pytest.raises(ValueError, match=r"targets\['en'\]: 1 target values for 3 edited requests"):
+        edit_languages(
+            model, tok, requests, MEMIT, stats, shared_cov=False, templates=TEMPLATES, targets=short
+        )
 
 
 def test_bad_input(setup):
