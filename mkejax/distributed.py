@@ -140,5 +140,5 @@ def host_array(x) -> np.ndarray:
     if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
         from jax.experimental import multihost_utils
 
-        return np.asarray(multihost_utils.process_allgather(x))
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))  # the global value
     return np.asarray(x)

@@ -168,8 +168,9 @@ def test_two_processes_match_one(tmp_path):
     ]
 
 
-# The tiny experiment of tests/runner_helpers.py run by the runner in every process, up to the merges: key
-# statistics data-parallel over a mesh spanning all processes, per-language edits, every merge. Each process logs
+# The tiny experiment of tests/runner_helpers.py run end to end by the runner in every process: key statistics
+# data-parallel over a mesh spanning all processes, per-language edits, every merge, evaluation (pre-edit, merged,
+# 3 x 3 cross-lingual; batch rows sharded over both processes' devices) and the report. Each process logs
 # the files it wrote itself (run record, config, artefact metadata, results, report) to show only process 0 writes.
 _PIPELINE = """
 import json, pathlib, sys
@@ -196,7 +197,7 @@ pathlib.Path(out + f"-writes{jax.process_index()}.json").write_text(json.dumps(
 """
 
 
-@pytest.mark.slow  # three tiny-model runs (one with 8 devices, two processes with 4): minutes on 2 cores
+# three tiny-model runs end to end (one process with 8 devices, two processes with 4 each): ~2 min on 2 cores
 @pytest.mark.multidevice
 def test_runner_two_processes_match_one(tmp_path, tiny_checkpoint):
     import yaml
@@ -219,7 +220,7 @@ def test_runner_two_processes_match_one(tmp_path, tiny_checkpoint):
             str(ckpt),
             str(tmp_path),
             str(out),
-            "merges",
+            "report",
         ]
 
     one = subprocess.run(args(tmp_path / "one"), check=False, capture_output=True, text=True, env=_env(8), cwd=REPO,
@@ -257,6 +258,10 @@ def test_runner_two_processes_match_one(tmp_path, tiny_checkpoint):
         for x, y in zip(jax_leaves(a), jax_leaves(b), strict=True):
             # data-parallel sums over tokens in another order: float32 rounding, amplified a little by the solves
             np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=2e-4, atol=1e-6, err_msg=name)
+    # the scores (teacher-forced argmax accuracies of every protocol and variant) are the same numbers
+    one_csv = (tmp_path / "one" / "results" / "results.csv").read_text()
+    assert (tmp_path / "two" / "results" / "results.csv").read_text() == one_csv and one_csv.count("\n") > 10
+    assert (tmp_path / "two" / "report.md").is_file()
 
 
 def jax_leaves(tree):
