@@ -130,7 +130,7 @@ def _label(row, skip: Sequence[str] = ()) -> str:
     if "alpha" not in skip and pd.notna(row["alpha"]):
         parts.append(f"α={row['alpha']:g}")
     if "rank_ratio" not in skip and pd.notna(row["rank_ratio"]):
-        parts.append(f"r={row['rank_ratio']:g}")
+        parts.append(f"r={row['rank_ratio']:.3g}")
     return " · ".join(parts)
 
 
@@ -238,7 +238,9 @@ def plot_sweep(
     others = [c for c in VARIANT if c != x]
     avg = rows.groupby([*others, x, "metric"], dropna=False)["value"].mean().reset_index()
     present = [m for m in metrics if m in set(avg["metric"])]
-    fig = Figure(figsize=(3.2 * len(present), 3.0))
+    n_lines = avg.groupby(others, dropna=False).ngroups
+    legend_rows = -(-n_lines // 3)  # the legend below the panels, three columns
+    fig = Figure(figsize=(3.2 * len(present), 3.0 + 0.22 * legend_rows), layout="constrained")
     axes = fig.subplots(1, len(present), squeeze=False)[0]
     for ax, metric in zip(axes, present):
         for _, g in avg[avg["metric"] == metric].groupby(others, dropna=False, sort=False):
@@ -249,7 +251,8 @@ def plot_sweep(
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("score (%)")
-    axes[-1].legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(3, n_lines), fontsize=7, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
     return _save_figure(fig, pathlib.Path(path), dpi)
