@@ -124,27 +124,23 @@ class TargetHparams:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class _EditHparams:
+class _EditHparams(TargetHparams):
+    """The target-value fields of :class:`TargetHparams` plus the edited layers, KL prompt, templates and
+    statistics of a locate-then-edit method."""
+
     layers: tuple[int, ...]
-    v_loss_layer: int
-    clamp_norm_factor: float
-    v_lr: float
-    v_num_grad_steps: int
-    v_weight_decay: float
-    kl_factor: float
-    early_stop_nll: float = 5e-2
     kl_prompt: str = "{} is a"
     templates: TemplateSpec = TemplateSpec()
     stats: StatsSpec = StatsSpec()
 
     def __post_init__(self):
+        super().__post_init__()  # the target fields
         layers = tuple(int(x) for x in self.layers)
         object.__setattr__(self, "layers", layers)
         if not layers or list(layers) != sorted(set(layers)) or layers[0] < 0:
             raise HparamsError(f"layers must be distinct, increasing and >= 0, got {self.layers}")
         if self.kl_prompt.count("{}") != 1:
             raise HparamsError(f"kl_prompt {self.kl_prompt!r} must contain exactly one '{{}}'")
-        self.target_hparams()  # validates the target fields
 
     @property
     def edit_layer(self) -> int:
@@ -152,15 +148,8 @@ class _EditHparams:
         return self.layers[-1]
 
     def target_hparams(self) -> TargetHparams:
-        return TargetHparams(
-            v_loss_layer=self.v_loss_layer,
-            clamp_norm_factor=self.clamp_norm_factor,
-            v_lr=self.v_lr,
-            v_num_grad_steps=self.v_num_grad_steps,
-            v_weight_decay=self.v_weight_decay,
-            kl_factor=self.kl_factor,
-            early_stop_nll=self.early_stop_nll,
-        )
+        """The target-value fields alone (a static, hashable jit argument shared by every method)."""
+        return TargetHparams(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TargetHparams)})
 
     def check_model(self, num_layers: int) -> None:
         """Raises when a layer is out of range for a model with ``num_layers`` layers."""
