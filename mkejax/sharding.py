@@ -88,18 +88,20 @@ def partition_spec(name: str, shape: tuple[int, ...], mesh: jax.sharding.Mesh, r
 
 
 def param_name(path) -> str:
-    """A pytree key path of an NNX state -> ``layers.3.mlp.down_proj.weight`` (the Variable's ``.value`` dropped)."""
+    """A pytree key path -> ``layers.3.mlp.down_proj.weight``: dict keys, sequence indices and attribute names
+    joined by dots, a trailing ``value`` (an NNX Variable's, as attribute or pure-dict key) dropped."""
     parts = []
     for k in path:
-        if isinstance(k, jax.tree_util.DictKey):
+        if isinstance(k, jax.tree_util.DictKey | jax.tree_util.FlattenedIndexKey):
             parts.append(str(k.key))
         elif isinstance(k, jax.tree_util.SequenceKey):
             parts.append(str(k.idx))
         elif isinstance(k, jax.tree_util.GetAttrKey):
-            if k.name != "value":
-                parts.append(k.name)
+            parts.append(k.name)
         else:
             parts.append(str(k))
+    if parts and parts[-1] == "value":
+        parts.pop()
     return ".".join(parts)
 
 

@@ -215,18 +215,23 @@ def solve_memit(K, R, C, *, lam, gram=None, precision: str = "auto") -> Array:
         check_matrix(gram, "gram", d_in)
     check_scalar(lam, "lam")
     use64 = use_float64(precision)
-    delta, ratio = _memit(K, R, C, lam, gram, use64=use64, odt=out_dtype(K, R, C))
+    extras = () if gram is None else (gram,)
+    delta, ratio = _solve(memit_core, K, R, C, lam, extras, use64=use64, odt=out_dtype(K, R, C))
     check_pivots(ratio, "solve_memit", "lam·C + K Kᵀ + G", singular_tol(compute_dtype(use64)))
     return check_finite(delta, "solve_memit")
 
 
-@functools.partial(jax.jit, static_argnames=("use64", "odt"))
-def _memit(K, R, C, lam, gram, *, use64: bool, odt):
+@functools.partial(jax.jit, static_argnames=("core", "use64", "odt"))
+def _solve(core, K, R, M, reg, extras, *, use64: bool, odt):
+    """``core(K, R, M, reg, G)`` (:func:`memit_core` / :func:`alphaedit_core`) with G = K Kᵀ + Σ extras, all in
+    the compute dtype (float64 in a scoped x64 when ``use64``, else float32 at highest precision)."""
     with wide_scope(use64):
         ct = compute_dtype(use64)
         K64 = K.astype(ct)
-        G = mm(K64, K64.T) if gram is None else mm(K64, K64.T) + gram.astype(ct)
-        delta, ratio = memit_core(K64, R.astype(ct), C.astype(ct), jnp.asarray(lam, ct), G)
+        G = mm(K64, K64.T)
+        for extra in extras:
+            G = G + extra.astype(ct)
+        delta, ratio = core(K64, R.astype(ct), M.astype(ct), jnp.asarray(reg, ct), G)
         return delta.astype(odt), ratio
 
 
@@ -294,23 +299,11 @@ def solve_alphaedit(K, R, P, *, l2, gram=None, cache_c=None, precision: str = "a
             extras.append(G)
     check_scalar(l2, "l2")
     use64 = use_float64(precision)
-    delta, ratio = _alphaedit(K, R, P, l2, tuple(extras), use64=use64, odt=out_dtype(K, R, P))
+    delta, ratio = _solve(alphaedit_core, K, R, P, l2, tuple(extras), use64=use64, odt=out_dtype(K, R, P))
     check_pivots(
         ratio, "solve_alphaedit", "P (K Kᵀ + G + cache_c) + l2·I", singular_tol(compute_dtype(use64))
     )
     return check_finite(delta, "solve_alphaedit")
-
-
-@functools.partial(jax.jit, static_argnames=("use64", "odt"))
-def _alphaedit(K, R, P, l2, extras, *, use64: bool, odt):
-    with wide_scope(use64):
-        ct = compute_dtype(use64)
-        K64 = K.astype(ct)
-        G = mm(K64, K64.T)
-        for extra in extras:
-            G = G + extra.astype(ct)
-        delta, ratio = alphaedit_core(K64, R.astype(ct), P.astype(ct), jnp.asarray(l2, ct), G)
-        return delta.astype(odt), ratio
 
 
 def solve_rome(k, z, W, C, *, precision: str = "auto") -> Array:

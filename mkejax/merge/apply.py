@@ -9,27 +9,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mkejax.sharding import param_name
+
 PyTree = Any
 
 
 def _name(path) -> str:
     """Dotted name of a pytree path, without NNX's trailing ``.value`` and HF's ``model.`` prefix."""
-    parts = []
-    for key in path:
-        if isinstance(key, jax.tree_util.DictKey):
-            parts.append(str(key.key))
-        elif isinstance(key, jax.tree_util.SequenceKey):
-            parts.append(str(key.idx))
-        elif isinstance(key, jax.tree_util.GetAttrKey):
-            parts.append(key.name)
-        elif isinstance(key, jax.tree_util.FlattenedIndexKey):
-            parts.append(str(key.key))
-        else:
-            parts.append(str(key))
-    if parts and parts[-1] == "value":
-        parts = parts[:-1]
-    name = ".".join(parts)
-    return name.removeprefix("model.")
+    return param_name(path).removeprefix("model.")
 
 
 def apply(params: PyTree, delta: PyTree, *, check: bool = True) -> PyTree:
