@@ -263,10 +263,11 @@ def init_random(model: CausalLM, seed: int = 0, std: float = 0.02) -> CausalLM:
         if isinstance(p, nnx.Param):
             key, sub = jax.random.split(key)
             name = path[-2] if path and path[-1] == "weight" else ""
+            old = p.get_value()
             if name.endswith("norm"):
-                p.value = jnp.ones_like(p.value)
+                p.set_value(jnp.ones_like(old))
             else:
-                p.value = (std * jax.random.normal(sub, p.value.shape)).astype(p.value.dtype)
+                p.set_value((std * jax.random.normal(sub, old.shape)).astype(old.dtype))
     return model
 
 
