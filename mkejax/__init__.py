@@ -30,6 +30,12 @@ _EXPORTS = {
     "solve_memit": "mkejax.edit",
     "solve_alphaedit": "mkejax.edit",
     "nullspace_projection": "mkejax.edit",
+    # per-language edit vectors and baselines (Lee et al. 2026)
+    "edit_languages": "mkejax.edit.languages",
+    "language_targets": "mkejax.edit.languages",
+    "edit_joint": "mkejax.edit.languages",
+    "edit_single": "mkejax.edit.languages",
+    "EditSet": "mkejax.edit.languages",
     # merging (mkejax.merge.merge is the merge function; `mkejax.merge` is its subpackage)
     "apply": "mkejax.merge",
     # evaluation
@@ -38,9 +44,10 @@ _EXPORTS = {
     # runner
     "load_config": "mkejax.config",
     "ArtefactStore": "mkejax.checkpoint",
+    "run": "mkejax.runner",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = ["__version__", *_EXPORTS]  # noqa: PLE0604 (the lazy names above)
 
 
 def __getattr__(name):

@@ -8,14 +8,13 @@ import json
 import logging
 import os
 import pathlib
-import subprocess
-import sys
 import textwrap
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from multidevice import run_on_devices
 
 from mkejax.checkpoint import (
     MARKER,
@@ -280,15 +279,9 @@ print("OK")
 
 @pytest.mark.multidevice
 def test_restore_into_a_different_sharding_on_8_devices(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}  # fmt: skip
     script = tmp_path / "sharding.py"
     script.write_text(textwrap.dedent(_SHARDING_SCRIPT))
-    proc = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "art")], check=False, env=env, cwd=REPO, capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = run_on_devices(script, tmp_path / "art", timeout=300)
     assert proc.stdout.strip().endswith("OK")
 
 

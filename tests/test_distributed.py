@@ -4,7 +4,6 @@ localhost (local coordinator, 4 devices each) that gives the same numbers and ar
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import socket
 import subprocess
@@ -13,6 +12,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from multidevice import device_env
 
 from mkejax.distributed import distributed_settings
 
@@ -118,12 +118,7 @@ def _free_port() -> int:
 
 
 def _env(devices: int, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in _ENV_VARS}
-    env.update(
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])), **extra,
-    )  # fmt: skip
-    return env
+    return device_env(devices, drop=_ENV_VARS, **extra)
 
 
 @pytest.mark.multidevice

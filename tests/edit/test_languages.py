@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
-import subprocess
-import sys
 import textwrap
 
 import jax
 import numpy as np
 import pytest
+from multidevice import run_on_devices
 
 from mkejax.data import load_demo_facts
 from mkejax.edit import (
@@ -259,20 +257,8 @@ SCRIPT = textwrap.dedent(
 def test_twelve_languages_on_eight_devices(tiny_checkpoint, tmp_path):
     """12 languages sharded over 8 simulated devices (padded to 16; shared covariance, so the Gram is a psum
     across devices), and over 4 x 2 devices (languages x requests), equal the single-device run."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     result = tmp_path / "out.json"
-    args = [str(tiny_checkpoint("llama")), str(result), str(pathlib.Path(__file__).parent)]
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_on_devices(SCRIPT, tiny_checkpoint("llama"), result, pathlib.Path(__file__).parent, timeout=900)
     errors = json.loads(result.read_text())
     assert len(errors) == 2 * len(MEMIT.layers)
     assert all(v <= TOL for v in errors.values()), errors

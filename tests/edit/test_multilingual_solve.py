@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import pathlib
-import subprocess
-import sys
 import textwrap
 
 import jax
 import numpy as np
 import pytest
+from multidevice import run_on_devices
 
 from mkejax.edit.multilingual import solve_languages
 from mkejax.edit.solvers import nullspace_projection, solve_alphaedit, solve_memit
@@ -157,18 +155,7 @@ def test_twelve_languages_on_eight_devices_equal_one_device(tmp_path):
     _, K, R, C, P = make(5, langs=12, d_in=16, d_out=8, n=5)
     mask = np.random.default_rng(6).random((12, 5)) > 0.2
     np.savez(tmp_path / "in.npz", K=K, R=R, C=C, P=P, mask=mask)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    proc = subprocess.run(
-        [sys.executable, "-c", MULTIDEVICE, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
-        check=False,
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_on_devices(MULTIDEVICE, tmp_path / "in.npz", tmp_path / "out.npz")
     out = np.load(tmp_path / "out.npz")
     assert len(out.files) == 5
     for key in out.files:

@@ -4,13 +4,11 @@ XLA_FLAGS must be set before jax starts)."""
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from multidevice import run_on_devices
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -47,10 +45,6 @@ SCRIPT = textwrap.dedent(
 
 @pytest.mark.multidevice
 def test_sharded_rows_match_single_device(tiny_checkpoint):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": str(REPO)}  # fmt: skip
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_checkpoint("llama"))], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = run_on_devices(SCRIPT, tiny_checkpoint("llama"))
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(out["single"]) == 24 and out["sharded"] == out["single"]

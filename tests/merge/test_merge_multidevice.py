@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import pathlib
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
+from multidevice import run_on_devices
 
 from mkejax.merge import merge
 
@@ -63,25 +61,7 @@ def test_merges_on_eight_devices(tmp_path):
         "b": rng.normal(size=(4, 6)).astype(np.float32),
     }
     np.savez(tmp_path / "in.npz", **data)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            SCRIPT,
-            str(tmp_path / "in.npz"),
-            str(tmp_path / "out.npz"),
-            json.dumps(HPARAMS),
-        ],
-        check=False,
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_on_devices(SCRIPT, tmp_path / "in.npz", tmp_path / "out.npz", json.dumps(HPARAMS))
     out = np.load(tmp_path / "out.npz")
     for method, hp in HPARAMS.items():
         expected = merge(data, method, **hp)

@@ -4,15 +4,13 @@ XLA_FLAGS must be set before jax starts) equal the single-device logits."""
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 import textwrap
 
 import jax
 import pytest
 from jax.sharding import PartitionSpec as P
+from multidevice import run_on_devices
 
 from mkejax.sharding import DATA, FSDP, PARAM_RULES, TENSOR, partition_spec
 
@@ -120,22 +118,7 @@ SCRIPT = textwrap.dedent(
 @pytest.mark.multidevice
 def test_load_onto_mesh_matches_single_device(tiny_checkpoint):
     folders = {name: str(tiny_checkpoint(name)) for name in ("qwen2", "llama3")}
-    env = {
-        **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-        "JAX_PLATFORMS": "cpu",
-        "PYTHONPATH": str(REPO),
-    }
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, *folders.values()],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = run_on_devices(SCRIPT, *folders.values())
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     for name, folder in folders.items():
         out = results[folder]
