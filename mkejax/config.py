@@ -50,7 +50,9 @@ def configs_dir() -> pathlib.Path:
 
 CONFIG_DIR = configs_dir()
 MergeMethod = Literal["sum", "mean", "tsvm", "ties", "task_arithmetic"]
-EditMethod = Literal["memit", "alphaedit", "rome"]
+# ROME edits one request at a time (mkejax.edit.rome_edit, a library function); the runner's per-language edit
+# vectors come from batch methods.
+EditMethod = Literal["memit", "alphaedit"]
 Protocol = Literal["pre_edit", "merged", "cross_lingual"]
 Dtype = Literal["float32", "bfloat16", "float16"]
 Metric = Literal["reliability", "generality", "locality", "portability"]
@@ -178,7 +180,7 @@ class EditSection:
     """The edit method and its hyperparameters.
 
     Attributes:
-      method: memit | alphaedit | rome.
+      method: memit | alphaedit (ROME, one request at a time, is :func:`mkejax.edit.rome_edit`).
       preset: a preset name in ``configs/hparams/<method>.yaml``.
       overrides: hyperparameter fields replacing the preset's (e.g. ``{mom2_update_weight: 20000}``).
     """

@@ -116,6 +116,7 @@ def test_typo_in_a_file_names_the_file(tmp_path):
         ({"statistics": {"corpus": {"kind": "dataset_build"}, "samples": None}}, r"statistics need samples or tokens"),
         ({"statistics": {"corpus": {"kind": "hf"}, "tokens": 5}}, r"statistics\.corpus: an 'hf' corpus needs a dataset name"),
         ({"edit": {"method": "memit"}}, r"missing key 'edit\.preset'"),
+        ({"edit": {"method": "rome", "preset": "tiny-llama"}}, r"edit\.method: 'rome' is not one of memit, alphaedit"),
         ({"name": "a b"}, r"name 'a b'"),
         ({"merge": {"variants": [{"method": "sum"}, {"method": "sum", "shared_cov": False}]}}, r"repeated variant"),
         ({"model": "gpt"}, r"model: expected a mapping, got str"),
