@@ -224,11 +224,11 @@ def test_bad_input(setup):
 
 SCRIPT = textwrap.dedent(
     """
-    import dataclasses, json, sys
+    import dataclasses, json, pathlib, sys
     import numpy as np
     import jax
     assert jax.device_count() == 8, jax.devices()
-    sys.path.insert(0, sys.argv[3])
+    sys.path[:0] = [sys.argv[3], str(pathlib.Path(sys.argv[3]).parent)]  # this module and tests/ helpers
     from test_languages import MEMIT, synthetic_stats, rel
     from mkejax.data import LANGUAGES, load_demo_facts
     from mkejax.edit.languages import edit_languages
