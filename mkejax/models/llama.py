@@ -88,7 +88,12 @@ def _apply_rope(x: Array, cos: Array, sin: Array) -> Array:
 
 class Attention(nnx.Module):
     def __init__(self, config: ModelConfig, *, dtype):
-        d, n, k, h = config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        d, n, k, h = (
+            config.hidden_size,
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+        )
         self.n, self.k, self.h = n, k, h
         self.q_proj = Linear(d, n * h, bias=config.attention_bias, dtype=dtype)
         self.k_proj = Linear(d, k * h, bias=config.attention_bias, dtype=dtype)
@@ -151,8 +156,12 @@ class Injection:
 @dataclasses.dataclass(frozen=True)
 class ForwardOutput:
     logits: Array | None  # [B, T, V]; None when the forward stopped early
-    keys: dict[int, Array]  # layer -> down_proj input at the captured positions [B, F] (or all tokens [B, T, F])
-    outputs: dict[int, Array]  # layer -> layer output (residual stream) at the captured positions [B, D] / [B, T, D]
+    keys: dict[
+        int, Array
+    ]  # layer -> down_proj input at the captured positions [B, F] (or all tokens [B, T, F])
+    outputs: dict[
+        int, Array
+    ]  # layer -> layer output (residual stream) at the captured positions [B, D] / [B, T, D]
     hidden: Array | None  # hidden states [B, T, D] after `return_hidden_after`, if asked
 
 
@@ -177,7 +186,9 @@ class CausalLM(nnx.Module):
         self.embed_tokens = Embedding(config.vocab_size, d, dtype)
         self.layers = _List([DecoderLayer(config, dtype=dtype) for _ in range(config.num_hidden_layers)])
         self.norm = RMSNorm(d, eps=config.rms_norm_eps, dtype=dtype)
-        self.lm_head = None if config.tie_word_embeddings else Linear(d, config.vocab_size, bias=False, dtype=dtype)
+        self.lm_head = (
+            None if config.tie_word_embeddings else Linear(d, config.vocab_size, bias=False, dtype=dtype)
+        )
 
     def __call__(self, input_ids: Array, attention_mask: Array | None = None) -> Array:
         """Logits [B, T, V] (float32) for token ids [B, T] and an optional 0/1 mask [B, T] (left padding)."""
