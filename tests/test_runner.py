@@ -286,3 +286,29 @@ def test_merge_jobs_and_names(setup):
     assert tags[:4] == ["sum_own_a1", "sum_own_a1.5", "sum_shared_a1", "sum_shared_a1.5"]
     assert "tsvm_shared_a1.5_r0.5" in tags and "tsvm_shared_a1_rdefault" in tags and len(tags) == 10
     assert jnp.isclose(merge_jobs(cfg)[-1].effective_rank_ratio(3), 0.5)
+
+
+def test_alphaedit_reuses_statistics_and_targets_and_caches_projections(base, setup, caplog, monkeypatch):
+    """AlphaEdit after MEMIT on the same requests and target settings: statistics and target values are reused;
+    the null-space projections P are written once under artefacts/projections and read back by a later run."""
+    from runner_helpers import TINY_PRESET
+
+    from mkejax.edit import alphaedit
+
+    cfg0, _, _, _ = base
+    target_fields = {k: v for k, v in TINY_PRESET.items() if k not in ("layers", "mom2_update_weight")}
+    edit = {"method": "alphaedit", "preset": "tiny-llama", "overrides": target_fields}
+    cfg = setup.config("alphaedit", edit=edit)
+    copy_run(cfg0.run_dir, cfg.run_dir)
+    summary = run(cfg, until="edits", progress=False)
+    assert {"stats/layer1", "stats/layer2", "targets/en-de-fr"} <= set(summary.cached)
+    assert _names(summary.recomputed) == {"edits/own_en-de-fr", "edits/shared_en-de-fr"}
+    assert sorted(p.name for p in (cfg.run_dir / "artefacts" / "projections").iterdir()) == [
+        "projection-layer1", "projection-layer2"
+    ]  # fmt: skip
+    monkeypatch.setattr(alphaedit, "_PROJECTIONS", {})  # a new process: only the disk cache is left
+    again = setup.config("alphaedit", edit={**edit, "overrides": {**target_fields, "l2": 5.0}})
+    with caplog.at_level("INFO", logger="mkejax.edit.alphaedit"):
+        summary = run(again, until="edits", progress=False)
+    assert _names(summary.recomputed) == {"edits/own_en-de-fr", "edits/shared_en-de-fr"}
+    assert sum("reused" in r.getMessage() for r in caplog.records) == 2, caplog.text

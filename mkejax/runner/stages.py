@@ -405,12 +405,19 @@ class Runner:
         made: dict = {}
 
         def compute():
+            from mkejax.edit import AlphaEditHparams, nullspace_projections
             from mkejax.edit.languages import edit_languages
 
+            hp, stats = self.hparams, self.statistics()
+            projections = None
+            if isinstance(hp, AlphaEditHparams):  # P per (statistics, layer, τ), kept on disk across runs
+                projections = nullspace_projections(
+                    stats, hp.layers, hp.nullspace_threshold, cache_dir=self.store.path("projections")
+                )
             result = edit_languages(
-                self.model, self.tokenizer, self.requests, self.hparams, self.statistics(),
+                self.model, self.tokenizer, self.requests, hp, stats,
                 shared_cov=shared_cov, mesh=self.mesh, template_cache=self.store.path("templates"),
-                targets=self.targets(),
+                targets=self.targets(), projections=projections,
             )  # fmt: skip
             if tuple(result.languages) != langs:
                 raise ValueError(f"edit_languages returned languages {result.languages}, expected {langs}")
