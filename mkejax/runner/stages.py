@@ -385,6 +385,11 @@ class Runner:
                 self.model, self.tokenizer, self.requests, hp, mesh=self.mesh,
                 template_cache=self.store.path("templates"),
             )  # fmt: skip
+            if not found:
+                raise ValueError(
+                    "nothing to edit: every request of every language was skipped by the subject policy "
+                    f"(data.subject: {self.config.data.subject}); see the coverage table with -v"
+                )
             return {lang: dataclasses.asdict(t) for lang, t in found.items()}
 
         tree, _ = self.store.get_or_compute(targets_name(langs), settings, compute)
