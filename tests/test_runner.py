@@ -247,6 +247,11 @@ def test_no_resume_starts_over(base, setup):
         ("model.source=nobody/no-such-model", LoadError, "HF_HUB_OFFLINE"),
         ("statistics.corpus.paths=/nonexistent/{lang}.txt", CorpusError, "/nonexistent/en.txt"),
         ("edit.preset=no-such-preset", ValueError, "no preset 'no-such-preset'"),
+        (
+            "data.subject.rules=skip",
+            ValueError,
+            "nothing to edit: every request of every language was skipped",
+        ),
     ],
 )
 def test_bad_inputs_fail_with_clear_errors(setup, override, error, match):
