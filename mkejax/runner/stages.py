@@ -376,6 +376,7 @@ class Runner:
             "target_hparams": canonical(hp.target_hparams()),
             "edit_layer": hp.edit_layer,
             "templates": canonical(hp.templates),
+            "kl_prompt": hp.kl_prompt,  # the KL row of every request's batch
             "languages": list(langs),
             "requests": self.request_digests,
         }
