@@ -121,34 +121,42 @@ def _env(devices: int, **extra) -> dict:
     return device_env(devices, drop=_ENV_VARS, **extra)
 
 
-@pytest.mark.multidevice
-def test_two_processes_match_one(tmp_path):
-    script = tmp_path / "job.py"
-    script.write_text(textwrap.dedent(_SCRIPT))
-    single, double = tmp_path / "single", tmp_path / "double"
-    single.mkdir(), double.mkdir()
-    one = subprocess.run([sys.executable, str(script), str(single)], check=False, capture_output=True, text=True,
-                         env=_env(8), cwd=REPO, timeout=300)  # fmt: skip
-    assert one.returncode == 0, one.stderr[-3000:]
+def _run_one_and_two(one: list[str], two: list[str], timeout: int) -> None:
+    """Runs ``one`` as a single process with 8 devices, then ``two`` as two processes with 4 devices each joined
+    by a local coordinator; a failure shows the end of the failing process' stderr."""
+    single = subprocess.run(
+        one, check=False, capture_output=True, text=True, env=_env(8), cwd=REPO, timeout=timeout
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
     port = _free_port()
     procs = [
         subprocess.Popen(
-            [sys.executable, str(script), str(double)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            two, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
             env=_env(4, MKEJAX_COORDINATOR=f"127.0.0.1:{port}", MKEJAX_NUM_PROCESSES="2", MKEJAX_PROCESS_ID=str(i)),
-            cwd=REPO,
         )
         for i in range(2)
     ]  # fmt: skip
     outs = []
     for p in procs:
         try:
-            outs.append(p.communicate(timeout=300))
+            outs.append(p.communicate(timeout=timeout))
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
             raise
-    for p, (out, err) in zip(procs, outs, strict=True):
+    for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
+
+
+@pytest.mark.multidevice
+def test_two_processes_match_one(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(_SCRIPT))
+    single, double = tmp_path / "single", tmp_path / "double"
+    single.mkdir(), double.mkdir()
+    _run_one_and_two(
+        [sys.executable, str(script), str(single)], [sys.executable, str(script), str(double)], 300
+    )
     a = json.loads((single / "result.json").read_text())
     b = json.loads((double / "result.json").read_text())
     assert (a["processes"], b["processes"]) == (1, 2)
@@ -218,26 +226,7 @@ def test_runner_two_processes_match_one(tmp_path, tiny_checkpoint):
             "report",
         ]
 
-    one = subprocess.run(args(tmp_path / "one"), check=False, capture_output=True, text=True, env=_env(8), cwd=REPO,
-                         timeout=600)  # fmt: skip
-    assert one.returncode == 0, one.stderr[-3000:]
-    port = _free_port()
-    procs = [
-        subprocess.Popen(args(tmp_path / "two"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                         env=_env(4, MKEJAX_COORDINATOR=f"127.0.0.1:{port}", MKEJAX_NUM_PROCESSES="2",
-                                  MKEJAX_PROCESS_ID=str(i)))
-        for i in range(2)
-    ]  # fmt: skip
-    outs = []
-    for p in procs:
-        try:
-            outs.append(p.communicate(timeout=600))
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-    for p, (_, err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, err[-3000:]
+    _run_one_and_two(args(tmp_path / "one"), args(tmp_path / "two"), 600)
     single = json.loads((tmp_path / "one-writes0.json").read_text())
     logs = [json.loads((tmp_path / f"two-writes{i}.json").read_text()) for i in range(2)]
     assert (single["processes"], logs[0]["processes"]) == (1, 2) and logs[0]["devices"] == 8
