@@ -2,7 +2,8 @@
 
 from mkejax.models.config import ConfigError, ModelConfig, RopeScaling
 from mkejax.models.generate import Generation, generate, generate_greedy
-from mkejax.models.llama import CausalLM, ForwardOutput, Injection, down_proj_path, init_random, layer_deltas
+from mkejax.models.deltas import down_proj_path, layer_deltas, named_deltas
+from mkejax.models.llama import CausalLM, ForwardOutput, Injection, init_random
 from mkejax.models.loading import load_config, load_model, load_tokenizer, model_from_arrays
 from mkejax.models.sources import DEFAULT_MODEL, KNOWN_SHA256, LoadError, resolve_source
 
@@ -26,5 +27,6 @@ __all__ = [
     "load_model",
     "load_tokenizer",
     "model_from_arrays",
+    "named_deltas",
     "resolve_source",
 ]

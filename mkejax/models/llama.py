@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mkejax.models.config import ModelConfig
+from mkejax.models.deltas import down_proj_path, layer_deltas  # noqa: F401  (re-exported)
 
 Array = jax.Array
 
@@ -205,7 +206,7 @@ class CausalLM(nnx.Module):
         input_ids: Array,
         attention_mask: Array | None = None,
         *,
-        deltas: dict[int, Array] | None = None,
+        deltas: dict[str, Array] | dict[int, Array] | None = None,
         capture_layers: tuple[int, ...] = (),
         capture_positions: Array | None = None,
         injection: Injection | None = None,
@@ -219,7 +220,8 @@ class CausalLM(nnx.Module):
         Args:
           input_ids: [B, T] token ids.
           attention_mask: [B, T] 1 for real tokens, 0 for (left) padding; all ones when None.
-          deltas: layer -> ΔW [D, F] added to that layer's ``mlp.down_proj.weight`` (no mutation).
+          deltas: {HF name ``model.layers.<i>.mlp.down_proj.weight``: ΔW [D, F]} added to that weight (no
+            mutation; :mod:`mkejax.models.deltas`).
           capture_layers: layers whose down_proj input (key) and output hidden state are returned.
           capture_positions: [B] token index per row to capture at; None captures every token ([B, T, ...]).
           injection: a vector added to the residual stream after one layer at one position per row.
@@ -231,6 +233,7 @@ class CausalLM(nnx.Module):
           ForwardOutput with float32 logits [B, T, V] (None when stopped early), keys, outputs and hidden.
         """
         cfg = self.config
+        deltas = layer_deltas(deltas) or None  # {HF down_proj name: ΔW} -> {layer: ΔW}
         b, t = input_ids.shape
         if attention_mask is None:
             attention_mask = jnp.ones((b, t), jnp.int32)
@@ -286,19 +289,3 @@ def hf_name(path: tuple[Any, ...]) -> str:
     """NNX parameter path -> HF tensor name (``model.`` prefix except for ``lm_head``)."""
     name = ".".join(str(p) for p in path)
     return name if name.startswith("lm_head") else f"model.{name}"
-
-
-def down_proj_path(layer: int) -> str:
-    """The HF name of a layer's MLP down-projection weight, the parameter MEMIT/AlphaEdit/ROME edit."""
-    return f"model.layers.{layer}.mlp.down_proj.weight"
-
-
-def layer_deltas(tree: dict[str, Array]) -> dict[int, Array]:
-    """{HF down_proj weight name: ΔW} -> {layer: ΔW} for :meth:`CausalLM.forward`'s ``deltas``."""
-    out = {}
-    for name, delta in tree.items():
-        parts = name.split(".")
-        if len(parts) != 6 or parts[:2] != ["model", "layers"] or parts[3:] != ["mlp", "down_proj", "weight"]:
-            raise ValueError(f"forward deltas apply to mlp.down_proj weights only, got {name!r}")
-        out[int(parts[2])] = delta
-    return out
