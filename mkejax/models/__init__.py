@@ -1,8 +1,8 @@
 """Backbones (Llama / Qwen2 families as Flax NNX modules), weight loading and generation."""
 
 from mkejax.models.config import ConfigError, ModelConfig, RopeScaling
-from mkejax.models.generate import Generation, generate, generate_greedy
 from mkejax.models.deltas import down_proj_path, layer_deltas, named_deltas
+from mkejax.models.generate import Generation, generate, generate_greedy
 from mkejax.models.llama import CausalLM, ForwardOutput, Injection, init_random
 from mkejax.models.loading import load_config, load_model, load_tokenizer, model_from_arrays
 from mkejax.models.sources import DEFAULT_MODEL, KNOWN_SHA256, LoadError, resolve_source

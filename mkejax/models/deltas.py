@@ -35,7 +35,9 @@ def layer_deltas(tree: Mapping[str, Any] | None) -> dict[int, Any]:
     out: dict[int, Any] = {}
     for name, delta in (tree or {}).items():
         # Integer keys are layer indices already (accepted while callers move to names).
-        layer = int(name) if isinstance(name, int) else down_proj_layer(name) if isinstance(name, str) else None
+        layer = (
+            int(name) if isinstance(name, int) else down_proj_layer(name) if isinstance(name, str) else None
+        )
         if layer is None:
             raise ValueError(
                 f"forward deltas apply to down-projection weights only (model.layers.<i>.mlp.down_proj.weight), "
