@@ -22,11 +22,9 @@ Example (``configs/demo.yaml``)::
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import pathlib
 import re
-import types
 import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
@@ -37,16 +35,16 @@ from mkejax.checkpoint import canonical, fingerprint
 from mkejax.data.corpus import CorpusSpec
 from mkejax.data.request import LANGUAGES
 from mkejax.data.subject import SubjectPolicy
+from mkejax.schema import (
+    SchemaError,
+    build,
+    configs_dir,
+    field_default,
+    is_dataclass_type,
+    strip_optional,
+    suggest,
+)
 from mkejax.sharding import AXES
-
-
-def configs_dir() -> pathlib.Path:
-    """The shipped configs: ``configs/`` of a source checkout or editable install, else the copy a wheel install
-    holds in ``mkejax/configs`` (put there by ``setup.py``)."""
-    here = pathlib.Path(__file__).resolve().parent
-    checkout = here.parent / "configs"
-    return checkout if (checkout / "hparams").is_dir() else here / "configs"
-
 
 CONFIG_DIR = configs_dir()
 MergeMethod = Literal["sum", "mean", "tsvm", "ties", "task_arithmetic"]
@@ -61,14 +59,8 @@ MERGE_METHODS, EDIT_METHODS, PROTOCOLS, DTYPES, METRICS = (
 )
 
 
-class ExperimentConfigError(ValueError):
+class ExperimentConfigError(SchemaError):
     """An invalid experiment config; the message names the file and the dotted key."""
-
-
-def _suggest(name: str, choices: Iterable[str], prefix: str = "") -> str:
-    """'; did you mean 'PREFIX.X'?' for the choice closest to ``name`` (empty when none is close)."""
-    match = difflib.get_close_matches(name, [str(c) for c in choices], n=1, cutoff=0.5)
-    return f"; did you mean '{prefix}{match[0]}'?" if match else ""
 
 
 def _check(ok: bool, message: str) -> None:
@@ -80,7 +72,7 @@ def _check_langs(langs: Iterable[str], field: str) -> None:
     for lang in langs:
         if lang not in LANGUAGES:
             raise ValueError(
-                f"{field}: unknown language {lang!r}{_suggest(lang, LANGUAGES)}; valid: {LANGUAGES}"
+                f"{field}: unknown language {lang!r}{suggest(lang, LANGUAGES)}; valid: {LANGUAGES}"
             )
     _check(len(set(langs)) == len(tuple(langs)), f"{field}: repeated language in {tuple(langs)}")
 
@@ -334,124 +326,6 @@ def expand_vars(text: str, where: str) -> str:
     return _VAR.sub(sub, text)
 
 
-def _hints(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _is_dataclass_type(tp) -> bool:
-    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
-
-
-def _strip_optional(tp) -> tuple[Any, bool]:
-    """(inner type, whether None is allowed) of ``X | None``."""
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0], len(args) < len(typing.get_args(tp))
-    return tp, False
-
-
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-_EXP_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-def _yaml12_floats(value):
-    """Exponent floats without a dot ("2e4") as floats: YAML 1.1 (PyYAML) reads them as strings."""
-    if isinstance(value, str) and _EXP_FLOAT.fullmatch(value):
-        return float(value)
-    if isinstance(value, Mapping):
-        return {k: _yaml12_floats(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_yaml12_floats(v) for v in value]
-    return value
-
-
-def _coerce(tp, value, where: str):
-    """``value`` (plain YAML data) as type ``tp``; raises ExperimentConfigError naming ``where``."""
-    inner, optional = _strip_optional(tp)
-    if value is None:
-        if optional or tp is Any:
-            return None
-        raise ExperimentConfigError(f"{where}: must not be null")
-    tp = inner
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return _yaml12_floats(value)
-    if _is_dataclass_type(tp):
-        return _build(tp, value, where)
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise ExperimentConfigError(
-                f"{where}: {value!r} is not one of {', '.join(map(str, choices))}{_suggest(str(value), choices)}"
-            )
-        return value
-    if origin is tuple:
-        item = typing.get_args(tp)[0]
-        items = value if isinstance(value, (list, tuple)) else [value]
-        return tuple(_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(items))
-    if origin in (Mapping, dict) or tp in (Mapping, dict):
-        if not isinstance(value, Mapping):
-            raise ExperimentConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
-        args = typing.get_args(tp)
-        vt = args[1] if args else Any
-        return {str(k): _coerce(vt, v, f"{where}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    else:
-        raise TypeError(f"config field {where} has an unsupported type {tp}")
-    raise ExperimentConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-
-
-def _build(cls, raw, where: str):
-    if isinstance(raw, cls):
-        return raw
-    if not isinstance(raw, Mapping):
-        raise ExperimentConfigError(
-            f"{where or '<top>'}: expected a mapping, got {type(raw).__name__} {raw!r}"
-        )
-    hints = _hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    prefix = f"{where}." if where else ""
-    for key in raw:
-        if key not in fields:
-            raise ExperimentConfigError(f"unknown key '{prefix}{key}'{_suggest(str(key), fields, prefix)}")
-    missing = [
-        name for name, f in fields.items()
-        if name not in raw and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]  # fmt: skip
-    if missing:
-        raise ExperimentConfigError(f"missing key '{prefix}{missing[0]}'")
-    kwargs = {key: _coerce(hints[key], value, prefix + key) for key, value in raw.items()}
-    try:
-        return cls(**kwargs)
-    except (ValueError, TypeError) as e:
-        if isinstance(e, ExperimentConfigError):
-            raise
-        message = str(e)
-        raise ExperimentConfigError(
-            message if where and message.startswith(where) else f"{where or '<top>'}: {e}"
-        ) from None
-
-
 # ---------------------------------------------------------------------------------------------------- overrides
 def _parse_override(item: str) -> tuple[list[str], str]:
     key, sep, text = item.partition("=")
@@ -467,7 +341,7 @@ def _override_value(tp, text: str, where: str):
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError as e:
         raise ExperimentConfigError(f"--set {where}: cannot parse {text!r} as YAML ({e})") from None
-    inner, optional = _strip_optional(tp)
+    inner, optional = strip_optional(tp)
     if value is None and optional:
         return None
     if inner is str and not isinstance(value, str):
@@ -488,16 +362,16 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[st
         for i, part in enumerate(parts):
             where = ".".join(parts[: i + 1])
             last = i == len(parts) - 1
-            inner, _ = _strip_optional(tp)
-            if _is_dataclass_type(inner):
-                hints = _hints(inner)
+            inner, _ = strip_optional(tp)
+            if is_dataclass_type(inner):
+                hints = typing.get_type_hints(inner)
                 if part not in hints:
                     prefix = ".".join(parts[:i]) + "." if i else ""
                     raise ExperimentConfigError(
-                        f"--set: unknown key '{where}'{_suggest(part, hints, prefix)}"
+                        f"--set: unknown key '{where}'{suggest(part, hints, prefix)}"
                     )
                 tp = hints[part]
-                default = _field_default(inner, part)
+                default = field_default(inner, part)
             elif typing.get_origin(inner) is tuple:
                 if not part.isdigit():
                     raise ExperimentConfigError(f"--set {where}: '{part}' is not an index into a list")
@@ -521,16 +395,6 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[st
     return out
 
 
-def _field_default(cls, name: str) -> Any:
-    """The default value of field ``name`` of dataclass ``cls`` (None when it has none)."""
-    f = next(f for f in dataclasses.fields(cls) if f.name == name)
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return None
-
-
 # -------------------------------------------------------------------------------------------------- public API
 def config_from_dict(
     raw: Mapping[str, Any], *, overrides: Iterable[str] = (), source: str = "<config>"
@@ -542,8 +406,8 @@ def config_from_dict(
         ``source`` and names the dotted key.
     """
     try:
-        return _build(ExperimentConfig, apply_overrides(raw, overrides), "")
-    except ExperimentConfigError as e:
+        return build(ExperimentConfig, apply_overrides(raw, overrides), "")
+    except SchemaError as e:
         raise ExperimentConfigError(f"{source}: {e}") from None
 
 
@@ -556,7 +420,7 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Exper
     if not path.is_file():
         names = [p.name.removesuffix(".yaml") for p in shipped_configs()]
         stem = path.name.removesuffix(".yaml")
-        raise ExperimentConfigError(f"config file {path} not found{_suggest(stem, names)} (shipped: {names})")
+        raise ExperimentConfigError(f"config file {path} not found{suggest(stem, names)} (shipped: {names})")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:

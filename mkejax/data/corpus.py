@@ -337,18 +337,22 @@ class Corpus:
         *,
         max_length: int,
         batch_size: int,
-        total_tokens: int,
+        total_tokens: int | None,
         seed: int = 0,
         buckets: tuple[int, ...] | None = None,
+        batch_tokens: int | None = None,
+        max_documents: int | None = None,
     ) -> Iterator[TokenBatch]:
-        """Right-padded ``TokenBatch``es (int32 ``[B, T]``, T in ``buckets``) of exactly ``total_tokens`` tokens.
+        """Right-padded ``TokenBatch``es (int32 ``[B, T]``, T in ``buckets``) of this corpus' texts for ``seed``.
 
-        See ``mkejax.data.tokens.token_batches``; raises ``CorpusError`` if the corpus runs out first.
+        See ``mkejax.data.tokens.token_batches`` (token / document limits, None for the whole corpus); raises
+        ``CorpusError`` if the corpus runs out before an explicit ``total_tokens``.
         """
-        logger.info("corpus %s: %d tokens, max_length %d, batch %d, seed %d", self.fingerprint(), total_tokens,
-                    max_length, batch_size, seed)  # fmt: skip
+        logger.info("corpus %s: tokens %s, documents %s, max_length %d, seed %d", self.fingerprint(),
+                    total_tokens or "all", max_documents or "all", max_length, seed)  # fmt: skip
         return token_batches(self.texts(seed), tokenizer, max_length=max_length, batch_size=batch_size,
-                             total_tokens=total_tokens, buckets=buckets)  # fmt: skip
+                             total_tokens=total_tokens, buckets=buckets, batch_tokens=batch_tokens,
+                             max_documents=max_documents)  # fmt: skip
 
     def describe(self) -> dict:
         """A JSON-able description that changes when the text would: the spec plus file names and digests."""

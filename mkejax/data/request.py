@@ -27,7 +27,8 @@ class EditRequest:
       rephrase, locality_prompt, locality_answer, portability_prompt, portability_answer: evaluation pairs
         (None when the source has none).
       subject_span: character span ``(start, end)`` of the subject in ``prompt``; None when the rule is
-        ``last_token`` (edit at the prompt's last token) or ``skip``.
+        ``last_token`` (edit at the prompt's last token) or ``skip``. Left out under the default rule
+        ``exact``, it is found as the subject's first occurrence in the prompt (as EasyEdit's lookup does).
       subject_rule: which rule of the subject policy located the span (``SUBJECT_RULES``).
     """
 
@@ -47,6 +48,14 @@ class EditRequest:
     def __post_init__(self):
         if self.subject_rule not in SUBJECT_RULES:
             raise ValueError(f"subject_rule {self.subject_rule!r} not in {SUBJECT_RULES}")
+        if self.subject_span is None and self.subject_rule == "exact" and self.subject:
+            start = self.prompt.find(self.subject)
+            if start < 0:
+                raise ValueError(
+                    f"request {self.lang}/{self.id}: subject {self.subject!r} does not occur in prompt "
+                    f"{self.prompt!r}; give subject_span, or subject_rule='last_token' to edit at the prompt's end"
+                )
+            object.__setattr__(self, "subject_span", (start, start + len(self.subject)))
         if self.subject_span is not None:
             start, end = self.subject_span
             if not 0 <= start < end <= len(self.prompt):

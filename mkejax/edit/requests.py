@@ -10,7 +10,7 @@ there, as in the references.
 Positions: the edit position of a row is the token that contains the last character of the subject
 (``EditRequest.edit_char``; the prompt's last token under the "last_token" rule), found through the fast
 tokenizer's offset mapping. Target tokens are ``tokenizer(" " + target)`` without special tokens (Llama
-tokenizers would prepend BOS). Rows are left-padded, as the model's position ids expect.
+tokenizers would prepend BOS; a target already starting with a space keeps just that one). Rows are left-padded, as the model's position ids expect.
 
 Shapes: n requests, R = P + 1 rows per request, T tokens per row, M = the longest target in tokens.
 """
@@ -92,10 +92,12 @@ def _token_at(offsets: Sequence[tuple[int, int]], char: int, where: str) -> int:
 
 
 def target_tokens(tokenizer, target: str, where: str = "target") -> list[int]:
-    """``tokenizer(" " + target)`` without special tokens (no BOS); raises on an empty target."""
+    """``tokenizer(" " + target)`` without special tokens (no BOS); a target that already starts with whitespace
+    keeps it and gains no second space (as EasyEdit and MEMIT do). Raises on an empty target."""
     if not target or not target.strip():
         raise RequestError(f"{where}: empty target")
-    ids = tokenizer(" " + target, add_special_tokens=False)["input_ids"]
+    text = target if target[0].isspace() else " " + target
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if not ids:
         raise RequestError(f"{where}: target {target!r} tokenises to nothing")
     return list(ids)

@@ -1,20 +1,17 @@
-"""Closed-form edit solves: MEMIT, AlphaEdit's null-space projection and solve, ROME's rank-one update.
+"""Precision policy, device-side checks and factorisations shared by every edit solve; AlphaEdit's projector; ROME.
 
-Conventions (one edited linear layer ``W [d_out, d_in]``, HF layout, applied as ``W + ΔW``):
-keys ``K [d_in, n]`` hold one column per request, residuals ``R [d_out, n]``, the key second moment
-``C [d_in, d_in]``; a solve returns ``ΔW [d_out, d_in]`` with ``ΔW k_i ≈ r_i``.
+Conventions (one edited linear layer ``W [d_out, d_in]``, HF layout, applied as ``W + ΔW``): keys ``K [d_in, n]``
+hold one column per request, residuals ``R [d_out, n]``, the key second moment ``C [d_in, d_in]``; a solve returns
+``ΔW [d_out, d_in]`` with ``ΔW k_i ≈ r_i``.
 
-Precision: every solve and eigendecomposition runs in float64 under a scoped ``jax.enable_x64`` where the
-backend has float64 (CPU, GPU) and in float32 with ``Precision.HIGHEST`` matmuls where it has not (TPU); pass
-``precision="float32"`` / ``"float64"`` to force one. The scope is entered inside the traced function, so the
-solvers compose with an outer ``jax.jit`` / ``jax.vmap`` / ``jax.shard_map``; results come back in float32 (or in
-the input dtype when that is wider).
+Precision: solves and eigendecompositions run in float64 under a scoped ``jax.enable_x64`` where the backend has
+float64 (CPU, GPU) and in float32 with ``Precision.HIGHEST`` matmuls where it has not (TPU); ``precision=
+"float32"`` / ``"float64"`` forces one. The scope is entered inside the traced function, so the solvers compose
+with an outer ``jax.jit`` / ``vmap`` / ``shard_map``; results come back in float32 (or the wider input dtype).
 
-Validation: shapes, ``lam``/``l2``/``threshold`` ranges and ``C``/``P`` (finite, symmetric) are checked eagerly
-with a ``ValueError``. Value checks need concrete arrays: under ``jax.jit`` only the shape checks run, and a
-singular system shows up as non-finite entries in the result, so callers that jit must pass the result through
-:func:`check_finite` (which raises, naming the layer) before using it. Eager calls do that themselves: a
-singular or indefinite system raises instead of returning NaN.
+Checks reduce on the device and copy scalars to the host (never a d_in x d_in matrix). Value checks need concrete
+arrays: under ``jax.jit`` only shapes are checked and a singular system shows up as NaN in the result, so callers
+that jit pass results through :func:`check_finite`; eager calls raise instead of returning NaN.
 """
 
 from __future__ import annotations
@@ -22,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +32,7 @@ PRECISIONS = ("auto", "float64", "float32")
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Precision policy and checks (shared with mkejax.edit.multilingual and mkejax.merge.tsvm)
+# Precision policy (shared with mkejax.edit.schedule)
 
 
 def use_float64(precision: str = "auto") -> bool:
@@ -64,9 +62,27 @@ def out_dtype(*xs) -> np.dtype:
     return dt
 
 
+def mm(a: Array, b: Array) -> Array:
+    """Matmul at highest precision (matters on TPU/GPU float32; a no-op for float64)."""
+    return jnp.matmul(a, b, precision=HIGHEST)
+
+
+def sym(A: Array) -> Array:
+    return 0.5 * (A + A.T)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checks: reductions on the device, scalars to the host
+
+
 def is_concrete(*xs) -> bool:
     """True when no argument is a tracer (value checks can run)."""
     return not any(isinstance(x, jax.core.Tracer) for x in xs if x is not None)
+
+
+@jax.jit
+def _nonfinite(x):
+    return jnp.sum(~jnp.isfinite(x))
 
 
 def check_finite(x: Array, name: str) -> Array:
@@ -77,7 +93,7 @@ def check_finite(x: Array, name: str) -> Array:
     """
     if not is_concrete(x):
         return x
-    bad = int(np.size(x) - np.count_nonzero(np.isfinite(np.asarray(x))))
+    bad = int(jax.device_get(_nonfinite(jnp.asarray(x))))
     if bad:
         raise ValueError(
             f"{name}: {bad} of {np.size(x)} entries are NaN or Inf (singular or non-positive-definite system, "
@@ -86,21 +102,38 @@ def check_finite(x: Array, name: str) -> Array:
     return x
 
 
+@jax.jit
+def _matrix_facts(m):
+    m = m.astype(jnp.promote_types(m.dtype, jnp.float32))
+    finite = jnp.sum(~jnp.isfinite(m))
+    safe = jnp.where(jnp.isfinite(m), m, 0)
+    return (
+        finite,
+        jnp.abs(safe - safe.T).max(initial=0.0),
+        jnp.abs(safe).max(initial=0.0),
+        jnp.diagonal(safe).min(),
+    )
+
+
+def matrix_facts(M) -> tuple[int, float, float, float]:
+    """(non-finite entries, max |M − Mᵀ|, max |M|, min diagonal) of a square matrix, reduced on the device."""
+    bad, asym, scale, min_diag = jax.device_get(_matrix_facts(jnp.asarray(M)))
+    return int(bad), float(asym), float(scale), float(min_diag)
+
+
 def check_matrix(M, name: str, d: int, *, symmetric: bool = True) -> None:
     """Shape ``[d, d]`` always; finiteness and symmetry (relative 1e-4) when ``M`` is concrete."""
     if M.ndim != 2 or M.shape != (d, d):
         raise ValueError(f"{name} must have shape ({d}, {d}), got {tuple(M.shape)}")
     if not is_concrete(M):
         return
-    m = np.asarray(M, dtype=np.float64)
-    if not np.isfinite(m).all():
-        raise ValueError(f"{name} has {int(np.size(m) - np.isfinite(m).sum())} NaN/Inf entries")
-    if symmetric:
-        asym, scale = np.abs(m - m.T).max(initial=0.0), np.abs(m).max(initial=0.0)
-        if asym > 1e-4 * scale:
-            raise ValueError(
-                f"{name} is not symmetric: max |{name} - {name}ᵀ| = {asym:.3g} (max |{name}| = {scale:.3g})"
-            )
+    bad, asym, scale, _ = matrix_facts(M)
+    if bad:
+        raise ValueError(f"{name} has {bad} NaN/Inf entries")
+    if symmetric and asym > 1e-4 * scale:
+        raise ValueError(
+            f"{name} is not symmetric: max |{name} - {name}ᵀ| = {asym:.3g} (max |{name}| = {scale:.3g})"
+        )
 
 
 def check_scalar(value, name: str, *, positive: bool = False) -> None:
@@ -115,7 +148,8 @@ def check_scalar(value, name: str, *, positive: bool = False) -> None:
         raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'} and finite, got {v}")
 
 
-def _keys_residuals(K, R) -> tuple[Array, Array]:
+def keys_residuals(K, R) -> tuple[Array, Array]:
+    """K [d_in, n] and R [d_out, n] as arrays, shapes checked."""
     K, R = jnp.asarray(K), jnp.asarray(R)
     if K.ndim != 2 or R.ndim != 2:
         raise ValueError(f"K must be [d_in, n] and R [d_out, n], got {tuple(K.shape)} and {tuple(R.shape)}")
@@ -124,17 +158,8 @@ def _keys_residuals(K, R) -> tuple[Array, Array]:
     return K, R
 
 
-def _sym(A: Array) -> Array:
-    return 0.5 * (A + A.T)
-
-
-def mm(a: Array, b: Array) -> Array:
-    """Matmul at highest precision (matters on TPU/GPU float32; a no-op for float64)."""
-    return jnp.matmul(a, b, precision=HIGHEST)
-
-
 # ----------------------------------------------------------------------------------------------------------------
-# Cores: inputs already in the compute dtype, no checks. Used by the public solvers and the per-language layer.
+# Factorisations with a singularity measure
 
 
 def singular_tol(ct) -> float:
@@ -156,29 +181,11 @@ def lu(A: Array) -> tuple[tuple[Array, Array], Array]:
     return f, piv.min() / piv.max()
 
 
-def memit_core(K: Array, R: Array, C: Array, lam, gram_total: Array) -> tuple[Array, Array]:
-    """ΔW = R Kᵀ (lam·C + gram_total)⁻¹ with gram_total = K Kᵀ + G (Cholesky solve); also the pivot ratio."""
-    A = _sym(lam * C + gram_total)  # [d_in, d_in], symmetric positive definite when well posed
-    c, ratio = cholesky(A)
-    X = jsl.cho_solve(c, mm(K, R.T))  # [d_in, d_out] = A⁻¹ K Rᵀ
-    return X.T, ratio  # [d_out, d_in]; A symmetric, so Xᵀ = R Kᵀ A⁻¹
-
-
-def alphaedit_core(K: Array, R: Array, P: Array, l2, gram_total: Array) -> tuple[Array, Array]:
-    """ΔWᵀ = (P·gram_total + l2·I)⁻¹ P K Rᵀ; P·gram is not symmetric, so a general (LU) solve; also the
-    pivot ratio min |diag U| / max |diag U|."""
-    d = K.shape[0]
-    A = mm(P, gram_total) + l2 * jnp.eye(d, dtype=K.dtype)  # [d_in, d_in]
-    factors, ratio = lu(A)
-    X = jsl.lu_solve(factors, mm(P, mm(K, R.T)))  # [d_in, d_out]
-    return X.T, ratio  # [d_out, d_in]
-
-
 def check_pivots(ratio, name: str, what: str, tol: float) -> None:
     """Raise if a (concrete) pivot ratio says the system was singular; no-op under tracing."""
     if not is_concrete(ratio):
         return
-    r = np.asarray(ratio, dtype=np.float64)
+    r = np.asarray(jax.device_get(ratio), dtype=np.float64)
     if not (r > tol):  # NaN (failed Cholesky) counts as singular too
         raise ValueError(
             f"{name}: the system {what} is singular or not positive definite (pivot ratio {r:.3g})"
@@ -186,53 +193,63 @@ def check_pivots(ratio, name: str, what: str, tol: float) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Public solvers
+# One language's solve with a registered kernel (the public solve_memit / solve_alphaedit / solve_emmet)
 
 
-def solve_memit(K, R, C, *, lam, gram=None, precision: str = "auto") -> Array:
-    """MEMIT's batch update ΔW = R Kᵀ (λC + K Kᵀ + G)⁻¹ (Meng et al. 2023, arXiv 2210.07229, eq. 14).
+def solve_single(
+    kernel,
+    hp: Mapping[str, float],
+    K,
+    R,
+    aux: Mapping[str, Array],
+    *,
+    extras: Sequence[Array | None] = (),
+    precision: str = "auto",
+    name: str = "solve",
+) -> Array:
+    """ΔW [d_out, d_in] of one language's keys and residuals with a method's kernel (see mkejax.edit.registry).
 
-    Args:
-      K: keys [d_in, n], one column per request.
-      R: residuals [d_out, n] (target minus current output, already divided by the layers remaining).
-      C: key second moment [d_in, d_in] (symmetric).
-      lam: λ = mom2_update_weight (>= 0).
-      gram: optional extra Gram term G [d_in, d_in] (other languages' keys for a shared covariance); zero if None.
-      precision: ``auto`` (float64 where available), ``float64`` or ``float32`` (highest-precision matmuls).
-
-    Returns:
-      ΔW [d_out, d_in] in float32 (or the wider input dtype).
-
-    Raises:
-      ValueError: shape mismatch, λ < 0, non-finite or non-symmetric C/G, or (eagerly) a singular system.
+    ``extras`` are added to the system's Gram term (its own K Kᵀ too when the kernel has ``own_gram``). Checks:
+    shapes, scalar hyperparameters, symmetric finite ``aux`` matrices and extras; eagerly, a singular system or a
+    non-finite result raise (naming ``name`` and the kernel's system).
     """
-    K, R = _keys_residuals(K, R)
-    C = jnp.asarray(C)
+    K, R = keys_residuals(K, R)
     d_in = K.shape[0]
-    check_matrix(C, "C", d_in)
-    if gram is not None:
-        gram = jnp.asarray(gram)
-        check_matrix(gram, "gram", d_in)
-    check_scalar(lam, "lam")
+    aux = {k: jnp.asarray(v) for k, v in aux.items()}
+    for key, value in aux.items():
+        check_matrix(value, key, d_in)
+    extras = tuple(jnp.asarray(g) for g in extras if g is not None)
+    for i, g in enumerate(extras):
+        check_matrix(g, f"extra Gram term {i}", d_in)
+    for key, value in hp.items():
+        check_scalar(value, key)
     use64 = use_float64(precision)
-    extras = () if gram is None else (gram,)
-    delta, ratio = _solve(memit_core, K, R, C, lam, extras, use64=use64, odt=out_dtype(K, R, C))
-    check_pivots(ratio, "solve_memit", "lam·C + K Kᵀ + G", singular_tol(compute_dtype(use64)))
-    return check_finite(delta, "solve_memit")
+    delta, ratio = _solve_single(
+        kernel, dict(hp), K, R, aux, extras, use64=use64, odt=out_dtype(K, R, *aux.values())
+    )
+    check_pivots(ratio, name, kernel.system, singular_tol(compute_dtype(use64)))
+    return check_finite(delta, name)
 
 
-@functools.partial(jax.jit, static_argnames=("core", "use64", "odt"))
-def _solve(core, K, R, M, reg, extras, *, use64: bool, odt):
-    """``core(K, R, M, reg, G)`` (:func:`memit_core` / :func:`alphaedit_core`) with G = K Kᵀ + Σ extras, all in
-    the compute dtype (float64 in a scoped x64 when ``use64``, else float32 at highest precision)."""
+@functools.partial(jax.jit, static_argnames=("kernel", "use64", "odt"))
+def _solve_single(kernel, hp, K, R, aux, extras, *, use64: bool, odt):
     with wide_scope(use64):
         ct = compute_dtype(use64)
-        K64 = K.astype(ct)
-        G = mm(K64, K64.T)
-        for extra in extras:
-            G = G + extra.astype(ct)
-        delta, ratio = core(K64, R.astype(ct), M.astype(ct), jnp.asarray(reg, ct), G)
+        K, R = K.astype(ct), R.astype(ct)
+        aux = {k: v.astype(ct) for k, v in aux.items()}
+        hp = {k: jnp.asarray(v, ct) for k, v in hp.items()}
+        gram = jnp.zeros((K.shape[0], K.shape[0]), ct)
+        for g in extras:
+            gram = gram + g.astype(ct)
+        if kernel.own_gram:
+            gram = gram + mm(K, K.T)
+        factors, ratio = kernel.factor(hp, aux, gram)
+        delta = kernel.apply(hp, factors, aux, K, R, jnp.ones((K.shape[1],), bool))
         return delta.astype(odt), ratio
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# AlphaEdit's projector and ROME
 
 
 def nullspace_projection(C, threshold, *, return_rank: bool = False, precision: str = "auto"):
@@ -260,50 +277,18 @@ def nullspace_projection(C, threshold, *, return_rank: bool = False, precision: 
     return (P, rank) if return_rank else P
 
 
+def projector(C: Array, threshold, ct) -> tuple[Array, Array]:
+    """Traceable core of :func:`nullspace_projection` in compute dtype ``ct``: (P, kept rank)."""
+    w, V = jnp.linalg.eigh(sym(C.astype(ct)))  # [d], [d, d]
+    keep = w < jnp.asarray(threshold, ct)  # [d]
+    return mm(V * keep.astype(ct)[None, :], V.T), keep.sum(dtype=jnp.int32)
+
+
 @functools.partial(jax.jit, static_argnames=("use64", "odt"))
 def _nullspace(C, threshold, *, use64: bool, odt):
     with wide_scope(use64):
-        ct = compute_dtype(use64)
-        w, V = jnp.linalg.eigh(_sym(C.astype(ct)))  # [d], [d, d]
-        keep = w < jnp.asarray(threshold, ct)  # [d]
-        return mm(V * keep.astype(ct)[None, :], V.T).astype(odt), keep.sum(dtype=jnp.int32)
-
-
-def solve_alphaedit(K, R, P, *, l2, gram=None, cache_c=None, precision: str = "auto") -> Array:
-    """AlphaEdit's null-space constrained update ΔWᵀ = (P (K Kᵀ + G + cache_c) + l2·I)⁻¹ P K Rᵀ.
-
-    Fang et al. 2025 (arXiv 2410.02355, eq. 15). The reference solves in float32; this runs in float64 where the
-    backend has it (else float32 highest precision). Because l2·ΔWᵀ = P(P K Rᵀ − P(...)ΔWᵀ), every row of ΔW
-    lies in P's range: ΔW (I − P) = 0 for l2 > 0.
-
-    Args:
-      K: keys [d_in, n]; R: residuals [d_out, n].
-      P: null-space projector [d_in, d_in] from :func:`nullspace_projection`.
-      l2: L2 regulariser (>= 0; 10 for Llama-3-8B, 1 for Qwen2.5 in the published settings).
-      gram: optional extra Gram term G (other languages' keys for a shared covariance).
-      cache_c: optional Σ K Kᵀ of earlier batches (sequential editing).
-      precision: as in :func:`solve_memit`.
-
-    Returns:
-      ΔW [d_out, d_in].
-    """
-    K, R = _keys_residuals(K, R)
-    P = jnp.asarray(P)
-    d_in = K.shape[0]
-    check_matrix(P, "P", d_in)
-    extras = []
-    for name, G in (("gram", gram), ("cache_c", cache_c)):
-        if G is not None:
-            G = jnp.asarray(G)
-            check_matrix(G, name, d_in)
-            extras.append(G)
-    check_scalar(l2, "l2")
-    use64 = use_float64(precision)
-    delta, ratio = _solve(alphaedit_core, K, R, P, l2, tuple(extras), use64=use64, odt=out_dtype(K, R, P))
-    check_pivots(
-        ratio, "solve_alphaedit", "P (K Kᵀ + G + cache_c) + l2·I", singular_tol(compute_dtype(use64))
-    )
-    return check_finite(delta, "solve_alphaedit")
+        P, rank = projector(C, threshold, compute_dtype(use64))
+        return P.astype(odt), rank
 
 
 def solve_rome(k, z, W, C, *, precision: str = "auto") -> Array:
@@ -324,8 +309,7 @@ def solve_rome(k, z, W, C, *, precision: str = "auto") -> Array:
     k, z, W, C = (jnp.asarray(a) for a in (k, z, W, C))
     if k.ndim != 1 or z.ndim != 1 or W.shape != (z.shape[0], k.shape[0]):
         raise ValueError(
-            f"expected k [d_in], z [d_out], W [d_out, d_in]; got {tuple(k.shape)}, {tuple(z.shape)}, "
-            f"{tuple(W.shape)}"
+            f"expected k [d_in], z [d_out], W [d_out, d_in]; got {tuple(k.shape)}, {tuple(z.shape)}, {tuple(W.shape)}"
         )
     check_matrix(C, "C", k.shape[0])
     use64 = use_float64(precision)
@@ -339,7 +323,7 @@ def _rome(k, z, W, C, *, use64: bool, odt):
     with wide_scope(use64):
         ct = compute_dtype(use64)
         k64 = k.astype(ct)
-        c, ratio = cholesky(_sym(C.astype(ct)))
+        c, ratio = cholesky(sym(C.astype(ct)))
         u = jsl.cho_solve(c, k64)  # [d_in] = C⁻¹ k*
         residual = z.astype(ct) - jnp.matmul(W.astype(ct), k64, precision=HIGHEST)  # [d_out]
         return (jnp.outer(residual, u) / jnp.dot(u, k64, precision=HIGHEST)).astype(odt), ratio

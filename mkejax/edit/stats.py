@@ -2,16 +2,18 @@
 
 C_l is the uncentred second moment of the keys k [F] (the inputs of ``layers[l].mlp.down_proj``) over all
 non-padding tokens of a corpus sample (Meng et al. 2023, arXiv 2210.07229, eq. 14; AlphaEdit's null space is
-taken from the same matrix). The forward runs only up to the last requested layer; sums accumulate in float32
-in one jitted step per batch (batch rows sharded over the mesh's ``data`` axis when a mesh is given, so the
+taken from the same matrix). The forward runs only up to the last requested layer; sums accumulate in float32 in
+one jitted step per batch (batch rows sharded over the mesh's ``data`` axis when a mesh is given, so the
 contraction over tokens becomes a cross-device sum); the token count is kept on the host.
 
-Caching (through :mod:`mkejax.checkpoint`): one artefact per layer at ``{cache_dir}/layer{l}`` holding C_l, with
-a fingerprint of (model config + weight digest of layers 0..l, layer, the caller's corpus description — corpus
-fingerprint, sample count, max length —, dtype). A matching artefact is reused; a stale one is logged and
-recomputed. While computing, the running sums are saved every ``save_every`` batches / ``save_interval_s``
-seconds to ``{cache_dir}/partial-<fingerprint>``; a rerun after an interruption resumes from there (the batch
-iterator must be deterministic: the batches already counted are skipped, not recomputed).
+This module computes; it does not store. Persistence is the caller's (the runner's artefact store): a run can be
+resumed from a :class:`StatsState` (running sums, tokens and batches counted) and hands a ``save`` callback that
+receives the state every ``save_every_s`` seconds and on an interruption. The batch stream must then be
+deterministic: the batches already counted are skipped, not recomputed.
+
+The sample is one :class:`StatsSpec`: its corpus, a document and/or token limit (neither: the whole corpus),
+the row length and the batch size. :func:`corpus_statistics` reads it with length buckets 8 tokens apart at the
+short end and a token budget per batch (short texts are not padded to long rows).
 """
 
 from __future__ import annotations
@@ -20,11 +22,8 @@ import dataclasses
 import functools
 import hashlib
 import logging
-import os
-import pathlib
-import shutil
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -34,17 +33,47 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as Spec
 
-from mkejax.edit.digest import model_digest
+from mkejax.data.corpus import CorpusSpec
+from mkejax.edit.solvers import matrix_facts
 from mkejax.sharding import DATA
 
 log = logging.getLogger(__name__)
 
 Array = jax.Array
-VERSION = 1
 
 
 class StatsError(ValueError):
     """Key statistics cannot be computed or used (no tokens, bad layers, non-finite or singular C)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StatsSpec:
+    """The corpus sample the key statistics are computed over (the ``statistics`` section of a config).
+
+    Attributes:
+      corpus: where the text comes from (:class:`mkejax.data.CorpusSpec`).
+      samples: documents to read (MEMIT: 100,000 Wikipedia articles); None: no document limit.
+      tokens: tokens to use; None: no token limit. With neither limit the whole corpus is read.
+      max_length: tokens per row after truncation (longer texts are cut into rows); None: the model's context.
+      batch_size: rows per step at ``max_length``; shorter rows come in proportionally larger batches (the same
+        token budget per step).
+    """
+
+    corpus: CorpusSpec
+    samples: int | None = None
+    tokens: int | None = None
+    max_length: int | None = None
+    batch_size: int = 8
+
+    def __post_init__(self):
+        for name in ("samples", "tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"statistics.{name} must be >= 1 or null (no limit), got {value}")
+        if self.max_length is not None and self.max_length < 2:
+            raise ValueError(f"statistics.max_length must be >= 2, got {self.max_length}")
+        if self.batch_size < 1:
+            raise ValueError(f"statistics.batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,8 +82,8 @@ class KeyStatistics:
 
     Attributes:
       moments: layer -> C_l [F, F] float32 (sum of k kᵀ over tokens / token count).
-      tokens: layer -> number of tokens C_l was computed over.
-      fingerprints: layer -> fingerprint of the settings C_l depends on (also keys derived caches, e.g. P).
+      tokens: layer -> number of tokens C_l was computed over (0: unknown).
+      fingerprints: layer -> fingerprint of what C_l depends on (keys derived caches, e.g. projections).
     """
 
     moments: dict[int, Array]
@@ -77,45 +106,43 @@ class KeyStatistics:
         return cls(
             {l: jnp.asarray(c) for l, c in arrays.items()},
             {l: tokens for l in arrays},
-            {
-                l: "array-" + hashlib.sha256(np.ascontiguousarray(c).tobytes()).hexdigest()[:24]
-                for l, c in arrays.items()
-            },
-        )
+            {l: "array-" + hashlib.sha256(np.ascontiguousarray(c).tobytes()).hexdigest()[:24]
+             for l, c in arrays.items()},
+        )  # fmt: skip
 
 
-def check_moment(c: Array, layer: int, *, require_definite: bool) -> None:
-    """Raises :class:`StatsError` when C_l is not [F, F], not finite, or (if required) has a zero diagonal.
+def check_moment(c: Array, layer: int, *, require_definite: bool, tokens: int = 0) -> None:
+    """Raises :class:`StatsError` when C_l is not [F, F], not finite, or (if required) plausibly singular.
 
-    A zero diagonal entry means a key coordinate never varied over the corpus: C_l is then singular, and MEMIT's
-    λC + K Kᵀ is singular whenever there are fewer requests than such coordinates.
+    Reduced on the device (no host copy of C). A zero diagonal entry means a key coordinate never varied over the
+    corpus, and fewer tokens than F give a rank-deficient C: either way MEMIT's λC + K Kᵀ is singular whenever
+    there are fewer requests than missing directions.
     """
     if c.ndim != 2 or c.shape[0] != c.shape[1]:
         raise StatsError(f"layer {layer}: key statistics must be square [F, F], got {tuple(c.shape)}")
-    diag = jnp.diagonal(c)
-    finite, min_diag = jax.device_get((jnp.all(jnp.isfinite(c)), jnp.min(diag)))
-    if not finite:
-        raise StatsError(f"layer {layer}: key statistics contain NaN or Inf")
-    if require_definite and not min_diag > 0:
+    bad, _, _, min_diag = matrix_facts(c)
+    if bad:
+        raise StatsError(f"layer {layer}: key statistics contain NaN or Inf ({bad} entries)")
+    if not require_definite:
+        return
+    if not min_diag > 0:
         raise StatsError(
-            f"layer {layer}: key statistics are singular (smallest diagonal entry {float(min_diag):.3g}); "
+            f"layer {layer}: key statistics are singular (smallest diagonal entry {min_diag:.3g}); "
             "recompute them over more tokens"
+        )
+    if 0 < tokens < c.shape[0]:
+        raise StatsError(
+            f"layer {layer}: C from {tokens} tokens has rank < F = {c.shape[0]}, so it is singular; use more tokens"
         )
 
 
-def stats_settings(model, layer: int, source: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings C_l depends on; their fingerprint decides reuse."""
-    for key in ("corpus", "max_length"):
-        if key not in source:
-            raise StatsError(f"statistics source must name {key!r} (got keys {sorted(source)})")
-    return {
-        "kind": "key_second_moment",
-        "version": VERSION,
-        "layer": int(layer),
-        "dtype": "float32",
-        "model": model_digest(model, tuple(range(layer + 1))),
-        "source": dict(source),
-    }
+@dataclasses.dataclass(frozen=True)
+class StatsState:
+    """Running sums of an interrupted accumulation: {layer: Σ k kᵀ [F, F]}, tokens and batches counted."""
+
+    sums: dict[int, Any]
+    tokens: int
+    batches: int
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "layers"), donate_argnums=(1,))
@@ -133,33 +160,14 @@ def _accumulate(state, sums, ids, mask, *, graphdef, layers):
     return new
 
 
-def _pad_batch(ids: np.ndarray, mask: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+def _pad_rows(ids: np.ndarray, mask: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
     b, t = ids.shape
     b2, t2 = -(-b // rows) * rows, -(-t // cols) * cols
     if (b2, t2) == (b, t):
         return ids, mask
-    out_ids = np.zeros((b2, t2), np.int32)
-    out_mask = np.zeros((b2, t2), np.int32)
+    out_ids, out_mask = np.zeros((b2, t2), np.int32), np.zeros((b2, t2), np.int32)
     out_ids[:b, :t], out_mask[:b, :t] = ids, mask  # right padding: causal attention hides it from real tokens
     return out_ids, out_mask
-
-
-def _save(path: pathlib.Path, tree, metadata) -> None:
-    from mkejax.checkpoint import save_artefact
-
-    save_artefact(path, tree, metadata=metadata)
-
-
-def _load(path: pathlib.Path, fp: str, settings=None):
-    from mkejax.checkpoint import load_artefact
-
-    return load_artefact(path, fingerprint=fp, settings=settings)
-
-
-def _fingerprint(settings) -> str:
-    from mkejax.checkpoint import fingerprint
-
-    return fingerprint(settings)
 
 
 def key_statistics(
@@ -167,202 +175,133 @@ def key_statistics(
     batches: Iterable[Any],
     *,
     layers: Sequence[int],
-    source: Mapping[str, Any],
-    cache_dir: str | os.PathLike | None = None,
+    fingerprints: Mapping[int, str] | None = None,
     mesh: jax.sharding.Mesh | None = None,
-    save_every: int | None = None,
-    save_interval_s: float = 600.0,
+    resume: StatsState | None = None,
+    save: Callable[[StatsState], None] | None = None,
+    save_every_s: float = 600.0,
     total_tokens: int | None = None,
     progress: bool = True,
-    pad_multiple: int = 64,
+    pad_multiple: int = 8,
 ) -> KeyStatistics:
-    """C_l = E[k kᵀ] at each of ``layers``, loaded from ``cache_dir`` when valid, else computed (and stored).
+    """C_l = E[k kᵀ] at each of ``layers`` over ``batches``.
 
     Args:
       model: the NNX model (unedited).
-      batches: iterable of batches with ``input_ids`` and ``attention_mask`` [B, T] (0 = padding), e.g.
-        ``corpus.token_batches(...)``; consumed only if something must be computed; must be deterministic
-        for resuming.
-      layers: the layers (edited layers of MEMIT/AlphaEdit); the forward stops after the largest.
-      source: JSON-able description of the corpus sample (must hold ``corpus`` — e.g. the corpus fingerprint —
-        and ``max_length``; add ``n_samples`` / ``total_tokens``); part of the fingerprint.
-      cache_dir: folder of the per-layer artefacts (e.g. ``run_dir/artefacts/stats``); None: no caching.
+      batches: batches with ``input_ids`` and ``attention_mask`` [B, T] (0 = padding), e.g.
+        ``corpus.token_batches(...)``; deterministic when resuming.
+      layers: the layers (edited layers); the forward stops after the largest.
+      fingerprints: layer -> fingerprint to record in the result (default: a hash of the moment).
       mesh: shard batch rows over its ``data`` axis (rows padded to a multiple of its size).
-      save_every / save_interval_s: partial-save cadence in batches / seconds (with ``cache_dir``).
+      resume: the state of an interrupted accumulation; its batches are skipped.
+      save: receives the state every ``save_every_s`` seconds and when interrupted (by any exception).
       total_tokens: expected token count, for the progress bar only.
-      progress: show a tqdm bar (tokens, tokens/s).
-      pad_multiple: sequence lengths are padded up to a multiple of this (fewer recompilations).
-
-    Returns:
-      :class:`KeyStatistics` for ``layers``.
+      progress: a tqdm bar of tokens whose work has completed (it waits for each batch, one in flight).
+      pad_multiple: row lengths are padded up to a multiple of this.
 
     Raises:
-      StatsError: layers out of range, no tokens, or non-finite sums.
+      StatsError: layers out of range, no tokens, bad batch shapes or non-finite sums.
     """
+    from tqdm.auto import tqdm
+
     n_layers = model.config.num_hidden_layers
     layers = tuple(sorted({int(l) for l in layers}))
     if not layers or layers[0] < 0 or layers[-1] >= n_layers:
         raise StatsError(f"layers {layers} out of range for a model with {n_layers} layers")
-    settings = {l: stats_settings(model, l, source) for l in layers}
-    fps = {l: _fingerprint(s) for l, s in settings.items()}
-    root = pathlib.Path(cache_dir) if cache_dir is not None else None
-    moments, tokens = {}, {}
-    if root is not None:
-        for l in layers:
-            hit = _load(root / f"layer{l}", fps[l], settings[l])
-            if hit is not None:
-                tree, meta = hit
-                moments[l], tokens[l] = jnp.asarray(tree["moment"]), int(meta["tokens"])
-                log.info("key statistics layer %d: reused %s (%d tokens)", l, root / f"layer{l}", tokens[l])
-    missing = tuple(l for l in layers if l not in moments)
-    if missing:
-        new, count = _compute(
-            model,
-            batches,
-            missing,
-            fps,
-            root,
-            mesh=mesh,
-            save_every=save_every,
-            save_interval_s=save_interval_s,
-            total_tokens=total_tokens,
-            progress=progress,
-            pad_multiple=pad_multiple,
-        )
-        for l in missing:
-            moments[l], tokens[l] = new[l], count
-            if root is not None:
-                meta = {"fingerprint": fps[l], "settings": settings[l], "tokens": count, "layer": l}
-                _save(root / f"layer{l}", {"moment": new[l]}, meta)
-    return KeyStatistics(moments, tokens, fps)
-
-
-def _compute(
-    model,
-    batches,
-    layers,
-    fps,
-    root,
-    *,
-    mesh,
-    save_every,
-    save_interval_s,
-    total_tokens,
-    progress,
-    pad_multiple,
-) -> tuple[dict[int, Array], int]:
-    from tqdm.auto import tqdm
-
     graphdef, state = nnx.split(model)
     f = model.config.intermediate_size
-    rows = 1
+    rows, row_sharded = 1, None
     if mesh is not None:
         rows = mesh.shape[DATA]
         replicated, row_sharded = NamedSharding(mesh, Spec()), NamedSharding(mesh, Spec(DATA))
         on_mesh = set(mesh.devices.flat)
         if not all(getattr(x, "sharding", None) is not None and x.sharding.device_set == on_mesh
                    for x in jax.tree.leaves(state)):  # fmt: skip
-            state = jax.device_put(
-                state, replicated
-            )  # weights already placed on the mesh (e.g. FSDP) stay put
-    set_fp = _fingerprint({"partial_of": [fps[l] for l in layers]})
-    partial = root / f"partial-{set_fp[:16]}" if root is not None else None
+            state = jax.device_put(state, replicated)  # weights already on the mesh (e.g. FSDP) stay put
     sums = {l: jnp.zeros((f, f), jnp.float32) for l in layers}
-    count, done = 0, 0
-    if partial is not None:
-        hit = _load(partial, set_fp)
-        if hit is not None:
-            tree, meta = hit
-            sums = {l: jnp.asarray(tree["sums"][l]) for l in layers}
-            count, done = int(meta["tokens"]), int(meta["batches"])
-            log.info("key statistics: resuming from %s after %d batches (%d tokens)", partial, done, count)
+    count = done = 0
+    if resume is not None:
+        sums = {l: jnp.asarray(resume.sums[l], jnp.float32) for l in layers}
+        count, done = resume.tokens, resume.batches
+        log.info("key statistics: resuming after %d batches (%d tokens)", done, count)
     if mesh is not None:
         sums = jax.device_put(sums, replicated)
 
-    def save_partial():
-        host = {l: np.asarray(jax.device_get(s)) for l, s in sums.items()}
-        _save(
-            partial,
-            {"sums": host},
-            {"fingerprint": set_fp, "tokens": count, "batches": done, "layers": list(layers)},
-        )
+    def snapshot() -> StatsState:
+        return StatsState({l: np.asarray(jax.device_get(s)) for l, s in sums.items()}, count, done)
 
-    bar = tqdm(
-        total=total_tokens,
-        initial=count,
-        unit="tok",
-        unit_scale=True,
-        desc=f"key statistics {layers}",
-        disable=not progress,
-    )
-    last_save, since = time.monotonic(), 0
+    bar = tqdm(total=total_tokens, initial=count, unit="tok", unit_scale=True, desc=f"key statistics {layers}",
+               disable=not progress)  # fmt: skip
+    last_save, pending = time.monotonic(), 0
     try:
         for i, batch in enumerate(batches):
             if i < done:
                 continue  # counted before the interruption
-            ids = np.asarray(batch.input_ids, np.int32)
-            mask = np.asarray(batch.attention_mask, np.int32)
+            ids, mask = np.asarray(batch.input_ids, np.int32), np.asarray(batch.attention_mask, np.int32)
             if ids.ndim != 2 or ids.shape != mask.shape:
                 raise StatsError(
                     f"batch {i}: input_ids {ids.shape} and attention_mask {mask.shape} must be [B, T]"
                 )
-            ids, mask = _pad_batch(ids, mask, rows, pad_multiple)
+            ids, mask = _pad_rows(ids, mask, rows, pad_multiple)
             n_tok = int(mask.sum())
             if mesh is not None:
                 ids, mask = jax.device_put(ids, row_sharded), jax.device_put(mask, row_sharded)
+            if pending:  # the previous batch ran while this one was read: count it once it has completed
+                jax.block_until_ready(sums[layers[0]])
+                bar.update(pending)
             sums = _accumulate(state, sums, ids, mask, graphdef=graphdef, layers=layers)
-            count, done, since = count + n_tok, done + 1, since + 1
-            bar.update(n_tok)
-            if partial is not None and (
-                (save_every is not None and since >= save_every)
-                or time.monotonic() - last_save > save_interval_s
-            ):
-                save_partial()
-                last_save, since = time.monotonic(), 0
+            count, done, pending = count + n_tok, done + 1, n_tok
+            if save is not None and time.monotonic() - last_save > save_every_s:
+                save(snapshot())
+                last_save = time.monotonic()
     except BaseException:
-        if partial is not None and since > 0:  # keep what was counted (interrupt, OOM, a bad batch)
-            save_partial()
-            log.info("key statistics: interrupted after %d batches; partial sums saved to %s", done, partial)
-        raise
-    finally:
         bar.close()
+        if save is not None and done > (resume.batches if resume else 0):
+            save(snapshot())  # keep what was counted (interrupt, OOM, a bad batch)
+            log.info("key statistics: interrupted after %d batches; partial sums saved", done)
+        raise
+    jax.block_until_ready(sums[layers[0]])
+    bar.update(pending)
+    bar.close()
     if count == 0:
         raise StatsError("key statistics: the corpus gave no (non-padding) tokens")
     moments = {l: sums[l] / count for l in layers}
     for l in layers:
         check_moment(moments[l], l, require_definite=False)
-    if partial is not None and partial.exists():
-        shutil.rmtree(partial)
-    return moments, count
+    fps = dict(fingerprints or {})
+    for l in layers:
+        fps.setdefault(l, KeyStatistics.from_arrays({l: moments[l]}).fingerprints[l])
+    return KeyStatistics(moments, {l: count for l in layers}, fps)
+
+
+def stats_batches(tokenizer, corpus, spec: StatsSpec, *, max_length: int, seed: int = 0):
+    """The token batches of ``spec``'s sample of ``corpus`` (fine length buckets, a token budget per batch)."""
+    from mkejax.data.tokens import fine_buckets
+
+    return corpus.token_batches(
+        tokenizer, max_length=max_length, batch_size=spec.batch_size, total_tokens=spec.tokens, seed=seed,
+        buckets=fine_buckets(max_length), batch_tokens=spec.batch_size * max_length, max_documents=spec.samples,
+    )  # fmt: skip
 
 
 def corpus_statistics(
     model,
     tokenizer,
     corpus,
-    spec,
+    spec: StatsSpec,
     *,
     layers: Sequence[int],
-    cache_dir: str | os.PathLike | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    seed: int = 0,
     progress: bool = True,
+    **kwargs,
 ) -> KeyStatistics:
-    """:func:`key_statistics` over ``corpus.token_batches`` as a :class:`~mkejax.edit.hparams.StatsSpec` says.
+    """:func:`key_statistics` over ``spec``'s sample of ``corpus`` (a ``mkejax.data.Corpus``, e.g. from
+    ``load_corpus(spec.corpus)``); extra keyword arguments go to :func:`key_statistics` (resume, save, ...).
 
-    Args:
-      model, tokenizer: the model and its tokenizer.
-      corpus: a ``mkejax.data.Corpus`` (anything with ``token_batches(tokenizer, *, max_length, batch_size,
-        total_tokens, seed)`` and ``fingerprint()``).
-      spec: the ``StatsSpec`` (e.g. ``hparams.stats``): token budget, max length, batch size, seed.
-      layers, cache_dir, mesh, progress: as for :func:`key_statistics`.
+    The row length is ``spec.max_length`` or, when None, the model's context (``max_position_embeddings``).
     """
-    source = {
-        "corpus": corpus.fingerprint(), "name": spec.corpus, "n_samples": spec.n_samples,
-        "total_tokens": spec.total_tokens, "max_length": spec.max_length, "seed": spec.seed,
-    }  # fmt: skip
-    batches = corpus.token_batches(
-        tokenizer, max_length=spec.max_length, batch_size=spec.batch_size, total_tokens=spec.total_tokens,
-        seed=spec.seed,
-    )  # fmt: skip
-    return key_statistics(model, batches, layers=layers, source=source, cache_dir=cache_dir, mesh=mesh,
-                          total_tokens=spec.total_tokens, progress=progress)  # fmt: skip
+    max_length = spec.max_length or int(getattr(model.config, "max_position_embeddings", 4096))
+    batches = stats_batches(tokenizer, corpus, spec, max_length=max_length, seed=seed)
+    return key_statistics(model, batches, layers=layers, mesh=mesh, total_tokens=spec.tokens, progress=progress,
+                          **kwargs)  # fmt: skip

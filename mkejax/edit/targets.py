@@ -3,37 +3,47 @@
 Per request a vector δ [D] is added to the output of layer L (the last edited layer) at the subject's last
 token of every row of that request and optimised with Adam on
 
-    loss = mean_p NLL_p(target | rewrite prompt p) / |target|  +  kl_factor · KL(p_unedited ‖ p_edited)
-           + v_weight_decay · ‖δ‖² / ‖h_L‖²,
+    loss = mean_p NLL_p(target | rewrite prompt p) / |target|  +  kl_factor · KL(p_edited ‖ p_unedited)
+           + v_weight_decay · ‖δ‖ / ‖h_L‖²,
 
-the KL term on the next-token distribution of "{subject} is a" at its subject-last token. After every step
-‖δ‖ is clamped to clamp_norm_factor · ‖h_L‖ (h_L = the unedited layer-L output at the bare prompt's edit
-position); a request stops (its δ frozen by a mask) once its NLL part is below early_stop_nll. z = h_L + δ.
+the KL term on the next-token distribution of "{subject} is a" at its subject-last token (the reference calls
+torch's ``kl_div(log p_unedited, log p_edited, log_target=True)``, which is Σ p_edited (log p_edited − log
+p_unedited): the edited distribution comes first). After every step ‖δ‖ is clamped to clamp_norm_factor · ‖h_L‖
+(h_L = the unedited layer-L output at the bare prompt's edit position). As the reference, each of the
+v_num_grad_steps iterations evaluates the loss first; a request stops (its δ frozen by a mask) once its *total*
+loss is below early_stop_loss, and the last iteration makes no update, so at most v_num_grad_steps − 1 updates
+are applied and the reported loss is the loss at the returned δ. z = h_L + δ.
 
-All requests are optimised together: rows = requests x prompts form one batch, δ is an [n, D] array and the
-summed loss separates over requests, so each δ_i gets exactly its own gradient and Adam moments (Adam is
-elementwise) — the batched result equals per-request runs. The layers up to L run once; every step starts
-from the cached layer-L hidden states (δ is added to them directly) and runs layers L+1 .. v_loss_layer.
-The whole optimisation is one ``lax.while_loop`` under one ``jit``.
+All requests of a batch are optimised together: rows = requests x prompts form one batch, δ is an [n, D] array
+and the summed loss separates over requests, so each δ_i gets exactly its own gradient and Adam moments (Adam is
+elementwise, and a request's updates are its first k steps, so the bias correction matches too) — the batched
+result equals per-request runs. The layers up to L run once; every step starts from the cached layer-L hidden
+states (δ is added to them directly) and runs layers L+1 .. v_loss_layer. One optimisation is one
+``lax.while_loop`` under one ``jit``; :func:`compute_targets` runs it over request batches of a fixed size, so
+memory is set by the batch size, not by the number of requests.
 
-As the reference, each of the v_num_grad_steps iterations evaluates the loss and then updates δ, except in the
-last iteration (so at most v_num_grad_steps - 1 updates, and the reported loss is the loss at the returned δ).
-Differences from the reference, on purpose: the weight decay is ‖δ‖²/‖h‖² (ALGORITHMS.md; the reference
-has ‖δ‖/‖h‖², non-smooth at δ = 0); early stop looks at the NLL part (the reference: the total loss); target
-tokens carry no BOS.
+Deliberate differences from the reference (AlphaEdit repository, ``memit/compute_z.py``): target tokens carry no
+BOS, and the rewrite rows append the target's token ids ``target_ids[:-1]`` to the templated prompt directly. The
+reference decodes those ids to text and re-tokenises the whole row, which turns a partial UTF-8 byte of a
+byte-level tokenizer into "�" (measured: the request "Gmina Łódź" of MzsRE on SmolLM2) and can merge tokens across
+the boundary; id concatenation feeds the model exactly the sequence whose continuation is scored.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
-from mkejax.edit.hparams import TargetHparams
+from mkejax.distributed import host_array
+from mkejax.edit import batching
+from mkejax.edit.hparams import EditHparams, TargetHparams
 from mkejax.edit.requests import EditBatch
 
 Array = jax.Array
@@ -58,6 +68,13 @@ class Targets:
     loss: Array
     nll: Array
     steps: Array
+
+
+def _safe_norm(x: Array) -> Array:
+    """‖x‖ over the last axis with gradient 0 at x = 0 (as torch's norm; jnp.linalg.norm's would be NaN)."""
+    sq = jnp.sum(x * x, axis=-1)
+    pos = sq > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
 
 
 def _flat(x: Array) -> Array:
@@ -134,8 +151,8 @@ def target_values(
         kl_ref = jnp.where(first, jax.lax.stop_gradient(kl_logp), kl_ref)  # [n, V]
         nll = -(tok_logp * tmask[:, None, :]).sum(-1) / n_tok[:, None]  # [n, P] per-token averaged
         nll = nll.mean(-1)  # [n] mean over rewrite prompts
-        kl = jnp.sum(jnp.exp(kl_ref) * (kl_ref - kl_logp), axis=-1)  # [n] KL(unedited ‖ edited)
-        decay = jnp.sum(delta * delta, axis=-1) / h_sq  # [n]
+        kl = jnp.sum(jnp.exp(kl_logp) * (kl_logp - kl_ref), axis=-1)  # [n] KL(edited ‖ unedited)
+        decay = _safe_norm(delta) / h_sq  # [n] ‖δ‖ / ‖h‖², as the reference
         loss = nll + hp.kl_factor * kl + hp.v_weight_decay * decay  # [n]
         # the sum separates over requests: d(sum)/dδ_i = d(loss_i)/dδ_i
         return jnp.sum(jnp.where(batch.active, loss, 0.0)), (loss, nll, kl_ref)
@@ -147,9 +164,9 @@ def target_values(
     def body(carry):
         it, delta, opt_state, active, steps, kl_ref, _, _ = carry
         grad, (loss, nll, kl_ref) = jax.grad(losses, has_aux=True)(delta, kl_ref, it == 0)
-        # As the reference: evaluate, stop a request whose NLL is small, make no update in the last iteration
-        # (so the recorded loss is the loss at the returned δ; at most v_num_grad_steps - 1 updates).
-        active = active & (nll >= hp.early_stop_nll) & (it < hp.v_num_grad_steps - 1)
+        # As the reference: evaluate, stop a request whose total loss is small, make no update in the last
+        # iteration (so the recorded loss is the loss at the returned δ; at most v_num_grad_steps - 1 updates).
+        active = active & (loss >= hp.early_stop_loss) & (it < hp.v_num_grad_steps - 1)
         updates, opt_state = opt.update(grad, opt_state, delta)
         new = optax.apply_updates(delta, updates)
         norm = jnp.linalg.norm(new, axis=-1)  # [n]
@@ -176,3 +193,95 @@ def compute_targets(
     graphdef, state = nnx.split(model)
     batch = jax.tree.map(jnp.asarray, batch)
     return _target_values_jit(graphdef, state, batch, deltas, layer=layer, hp=hp)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Per-language target values, in request batches
+
+
+def optimise_targets(items, groups, model, place, hparams, lang_batch, request_batch, pad_id, progress):
+    """{item index: Targets} of every live language: each group's requests concatenated on the request axis, in
+    request batches of a fixed size (padded with inactive requests to a multiple of the lang x data devices)."""
+    from tqdm.auto import tqdm
+
+    hp = hparams.target_hparams()
+    out: dict[int, Targets] = {}
+    total = sum(items[i].batch.num_requests for g in groups for i in g.members)
+    bar = tqdm(total=total, unit="req", desc="target values", disable=not progress, leave=False)
+    for g in groups:
+        for chunk in g.chunks(lang_batch):
+            parts = [batching.pad_batch(items[i].batch, n=items[i].batch.num_requests, p=g.p, t=g.t, m=g.m,
+                                        pad_id=pad_id) for i in chunk]  # fmt: skip
+            counts = [b.num_requests for b in parts]
+            n = sum(counts)
+            size = batching.round_up(min(request_batch or n, n), place.langs * place.rows)
+            joined = batching.concat(parts)
+            joined = batching.pad_batch(
+                joined, n=batching.round_up(n, size), p=g.p, t=g.t, m=g.m, pad_id=pad_id
+            )
+            found, pending = [], None
+            for s in range(0, joined.num_requests, size):
+                part = compute_targets(model, place.requests(joined.select(slice(s, s + size))), hp,
+                                       layer=hparams.edit_layer)  # fmt: skip
+                if pending is not None:  # one batch in flight; the bar counts completed requests
+                    found.append(jax.tree.map(host_array, pending[0]))
+                    bar.update(pending[1])
+                pending = (part, min(size, n - s))
+            found.append(jax.tree.map(host_array, pending[0]))
+            bar.update(pending[1])
+            joined_targets = jax.tree.map(lambda *xs: np.concatenate(xs), *found)
+            for i, start, count in zip(chunk, np.cumsum([0, *counts]), counts, strict=False):
+                out[i] = jax.tree.map(lambda x, a=start, c=count: x[a : a + c], joined_targets)
+    bar.close()
+    return out
+
+
+def language_targets(
+    model,
+    tokenizer,
+    requests_by_lang: batching.Requests,
+    hparams: EditHparams,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    templates: batching.Templates = None,
+    lang_batch: int | None = None,
+    request_batch: int | None = batching.DEFAULT_REQUEST_BATCH,
+    progress: bool = False,
+) -> dict[str, Targets]:
+    """The target values z of every language's edited requests (step 2 of :func:`edit_languages`).
+
+    They depend on the unedited model, the requests, the context templates, the KL prompt and the target
+    hyperparameters (``hparams.target_hparams()``, the edit layer) but not on the key statistics, the method or
+    the covariance mode: pass the result to :func:`edit_languages` as ``targets``.
+
+    Returns:
+      {language: :class:`Targets` with one row per edited (not skipped) request, in request order}; languages
+      whose requests are all skipped are absent.
+    """
+    batching.check_batches(lang_batch, request_batch)
+    items = batching.prepare_languages(model, tokenizer, requests_by_lang, hparams, templates)
+    groups = batching.groups(items)
+    if not groups:
+        return {}
+    place, _, _, on_mesh = batching.on_mesh(model, mesh)
+    found = optimise_targets(items, groups, on_mesh, place, hparams, lang_batch, request_batch,
+                             batching.pad_id(tokenizer), progress)  # fmt: skip
+    return {items[i].name: t for i, t in found.items()}
+
+
+def given_targets(items, targets: Mapping[str, Targets]) -> dict[int, Targets]:
+    out = {}
+    for i, item in enumerate(items):
+        if item.batch is None:
+            continue
+        name, want = item.name, item.batch.num_requests
+        if name not in targets:
+            raise ValueError(f"targets: no target values for language {name!r}; have {sorted(targets)}")
+        t = jax.tree.map(np.asarray, targets[name])
+        if t.z.shape[0] != want:
+            raise ValueError(
+                f"targets[{name!r}]: {t.z.shape[0]} target values for {want} edited requests (were they computed "
+                "for these requests with language_targets?)"
+            )
+        out[i] = t
+    return out

@@ -4,20 +4,14 @@ MEMIT's templates are ``["{}"]`` plus one short continuation of the model after 
 "Therefore", "Because", "I", "You"; top-5 sampling, 10 tokens), each followed by ". {}". Keys are averaged over
 the prompts of each template group, then over groups, so the bare prompt weighs one half. Per-language seed words
 (``TemplateSpec.language_seed_words``) are our extension for multilingual editing; fixed templates are also
-accepted. Generations are cached per (model, tokenizer, spec, language) in memory and, when a cache folder is
-given, as JSON on disk (written to a temporary file, then renamed).
+accepted. Generating is deterministic for a seed; nothing is cached here (the runner keeps the templates of a
+run in its artefact store, keyed by :func:`template_settings`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
-import logging
-import os
-import pathlib
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -26,8 +20,6 @@ from flax import nnx
 
 from mkejax.edit.digest import model_digest
 from mkejax.edit.hparams import TemplateSpec
-
-log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,27 +53,20 @@ class ContextTemplates:
         return cls((("{}",), rest) if rest else (("{}",),))
 
 
-_MEMORY: dict[str, ContextTemplates] = {}
-
-
-@functools.lru_cache(maxsize=16)
-def _step_fn(graphdef, top_k: int):
-    @jax.jit
-    def step(state, ids, mask, lengths, limit, key):
-        # ids/mask [S, T]; lengths [S] current lengths; the next token goes to index `lengths`.
-        model = nnx.merge(graphdef, state)
-        logits = model(ids, mask)  # [S, T, V]
-        last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]  # [S, V]
-        top_vals, top_idx = jax.lax.top_k(last, top_k)  # [S, k]
-        choice = jax.random.categorical(key, top_vals, axis=-1)  # [S]
-        token = jnp.take_along_axis(top_idx, choice[:, None], axis=1)[:, 0]
-        grow = lengths < limit  # [S]
-        at = jax.nn.one_hot(lengths, ids.shape[1], dtype=jnp.int32) * grow[:, None].astype(jnp.int32)
-        ids = ids * (1 - at) + at * token[:, None]
-        mask = jnp.maximum(mask, at)
-        return ids, mask, lengths + grow.astype(jnp.int32)
-
-    return step
+@functools.partial(jax.jit, static_argnames=("graphdef", "top_k"))
+def _step(graphdef, state, ids, mask, lengths, limit, key, *, top_k: int):
+    # ids/mask [S, T]; lengths [S] current lengths; the next token goes to index `lengths`.
+    model = nnx.merge(graphdef, state)
+    logits = model(ids, mask)  # [S, T, V]
+    last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]  # [S, V]
+    top_vals, top_idx = jax.lax.top_k(last, top_k)  # [S, k]
+    choice = jax.random.categorical(key, top_vals, axis=-1)  # [S]
+    token = jnp.take_along_axis(top_idx, choice[:, None], axis=1)[:, 0]
+    grow = lengths < limit  # [S]
+    at = jax.nn.one_hot(lengths, ids.shape[1], dtype=jnp.int32) * grow[:, None].astype(jnp.int32)
+    ids = ids * (1 - at) + at * token[:, None]
+    mask = jnp.maximum(mask, at)
+    return ids, mask, lengths + grow.astype(jnp.int32)
 
 
 def generate_texts(model, tokenizer, prompts: list[str], *, length: int, top_k: int, seed: int) -> list[str]:
@@ -97,69 +82,42 @@ def generate_texts(model, tokenizer, prompts: list[str], *, length: int, top_k: 
         ids[i, : len(e)] = e
         mask[i, : len(e)] = 1
     graphdef, state = nnx.split(model)
-    step = _step_fn(graphdef, top_k)
     key = jax.random.key(seed)
     ids, mask, cur = jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(lengths)
     for _ in range(int((limit - lengths).max())):
         key, sub = jax.random.split(key)
-        ids, mask, cur = step(state, ids, mask, cur, jnp.asarray(limit), sub)
+        ids, mask, cur = _step(graphdef, state, ids, mask, cur, jnp.asarray(limit), sub, top_k=top_k)
     ids, cur = np.asarray(ids), np.asarray(cur)
     return [tokenizer.decode(ids[i, : cur[i]], skip_special_tokens=True) for i in range(len(enc))]
 
 
-def _cache_key(model, tokenizer, spec: TemplateSpec, lang: str | None) -> str:
-    payload = json.dumps(
-        {
-            "model": model_digest(model),
-            "tokenizer": getattr(tokenizer, "name_or_path", type(tokenizer).__name__),
-            "vocab": len(tokenizer),
-            "words": spec.words_for(lang),
-            "length": spec.length,
-            "per_seed": spec.per_seed,
-            "top_k": spec.top_k,
-            "seed": spec.seed,
-            "version": 1,
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+def template_settings(model, tokenizer, spec: TemplateSpec, lang: str | None) -> dict:
+    """What the generated templates of ``lang`` depend on (a cache key for callers that store them)."""
+    return {
+        "kind": "context_templates",
+        "version": 1,
+        "model": model_digest(model),
+        "tokenizer": getattr(tokenizer, "name_or_path", type(tokenizer).__name__),
+        "vocab": len(tokenizer),
+        "words": list(spec.words_for(lang)),
+        "length": spec.length,
+        "per_seed": spec.per_seed,
+        "top_k": spec.top_k,
+        "seed": spec.seed,
+    }
 
 
 def context_templates(
-    model,
-    tokenizer,
-    spec: TemplateSpec | None = None,
-    *,
-    lang: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
+    model, tokenizer, spec: TemplateSpec | None = None, *, lang: str | None = None
 ) -> ContextTemplates:
-    """MEMIT's context templates for ``lang`` (fixed ones when ``spec.fixed`` is set), generated once and cached.
+    """MEMIT's context templates for ``lang`` (fixed ones when ``spec.fixed`` is set), generated.
 
     Each generated text has braces replaced by spaces and ". {}" appended, as the reference does.
     """
     spec = TemplateSpec() if spec is None else spec
     if spec.fixed is not None:
         return ContextTemplates.fixed(spec.fixed)
-    key = _cache_key(model, tokenizer, spec, lang)
-    if key in _MEMORY:
-        return _MEMORY[key]
-    path = pathlib.Path(cache_dir) / f"templates-{key}.json" if cache_dir is not None else None
-    if path is not None and path.is_file():
-        groups = json.loads(path.read_text(encoding="utf-8"))["groups"]
-        result = ContextTemplates(tuple(tuple(g) for g in groups))
-        log.info("context templates: loaded %s", path)
-    else:
-        prompts = [w for w in spec.words_for(lang) for _ in range(spec.per_seed)]
-        texts = generate_texts(
-            model, tokenizer, prompts, length=spec.length, top_k=spec.top_k, seed=spec.seed
-        )
-        made = tuple(x.replace("{", " ").replace("}", " ") + ". {}" for x in texts)
-        result = ContextTemplates((("{}",), made))
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"groups": result.groups, "lang": lang}, f, ensure_ascii=False, indent=1)
-            os.replace(tmp, path)
-    _MEMORY[key] = result
-    return result
+    prompts = [w for w in spec.words_for(lang) for _ in range(spec.per_seed)]
+    texts = generate_texts(model, tokenizer, prompts, length=spec.length, top_k=spec.top_k, seed=spec.seed)
+    made = tuple(x.replace("{", " ").replace("}", " ") + ". {}" for x in texts)
+    return ContextTemplates((("{}",), made))

@@ -25,6 +25,5 @@ def wide(tiny_checkpoint):
     model = wide_model(path / "config.json")
     cfg = model.config
     requests = choose_requests(model, tokenizer)
-    stats = key_statistics(model, RandomTokens(cfg.vocab_size, 4, 32, 64), layers=(1, 2),
-                           source={"corpus": "random-tokens", "max_length": 64}, progress=False)  # fmt: skip
+    stats = key_statistics(model, RandomTokens(cfg.vocab_size, 4, 32, 64), layers=(1, 2), progress=False)
     return model, tokenizer, requests, stats

@@ -23,7 +23,9 @@ from mkejax.edit import (
     StatsError,
     compute_keys,
     edit,
+    edited_key_gram,
     load_preset,
+    rome_edit,
     tokenize_requests,
 )
 from mkejax.edit.templates import context_templates
@@ -32,9 +34,9 @@ from mkejax.models import down_proj_path
 
 def _check_deltas(result, model, layers):
     cfg = model.config
-    assert set(result.deltas) == {down_proj_path(l) for l in layers}
-    for d in result.deltas.values():
-        assert d.shape == (cfg.hidden_size, cfg.intermediate_size) and d.dtype == jnp.float32
+    assert set(result.deltas) == {down_proj_path(l) for l in layers} and result.languages == ("en",)
+    for d in result.deltas.values():  # one language: [1, D, F]
+        assert d.shape == (1, cfg.hidden_size, cfg.intermediate_size) and d.dtype == jnp.float32
         assert bool(jnp.all(jnp.isfinite(d)))
 
 
@@ -63,7 +65,7 @@ def edited(wide):
     return get
 
 
-@pytest.mark.parametrize("method", ["memit", "alphaedit"])
+@pytest.mark.parametrize("method", ["memit", "alphaedit", "emmet"])
 def test_sixteen_edits_reliable_and_local(wide, edited, method):
     model, tok, requests, _ = wide
     hp = load_preset(method, "tiny-llama")
@@ -71,11 +73,11 @@ def test_sixteen_edits_reliable_and_local(wide, edited, method):
     assert reliability(model, tok, requests) == 0.0  # every target differs from the unedited argmax
     inputs, result = edited(method)
     _check_deltas(result, model, hp.layers)
-    deltas = result.layer_deltas()
+    deltas = result.delta()
     assert reliability(model, tok, requests, deltas) == 1.0
     assert locality(model, tok, UNRELATED, deltas) >= 0.9
-    assert len(result.diagnostics) == 17 and result.num_edited == 16
-    for diag, req in zip(result.diagnostics, inputs):
+    assert len(result.diagnostics["en"]) == 17 and result.num_edited == 16
+    for diag, req in zip(result.diagnostics["en"], inputs):
         assert (diag.id, diag.subject_rule) == (req.id, req.subject_rule)
         if req is SKIP:
             assert diag.skipped and diag.reason and diag.final_loss is None
@@ -92,6 +94,8 @@ def test_sixteen_edits_reliable_and_local(wide, edited, method):
 
 
 def test_alphaedit_cache_is_gram_of_edited_keys(wide, edited):
+    """Sequential AlphaEdit: the cache increment is the Gram of the batch's keys on the edited model; a second
+    batch solved with the first's cache as its extra Gram term differs from the first."""
     model, tok, _, stats = wide
     hp = load_preset("alphaedit", "tiny-llama")
     inputs, first = edited("alphaedit")
@@ -99,23 +103,20 @@ def test_alphaedit_cache_is_gram_of_edited_keys(wide, edited):
     batch = tokenize_requests(tok, live, context_templates(model, tok, hp.templates, lang="en"))
 
     def gram(result, layer):
-        k, _ = compute_keys(model, batch, layer=layer, out_layer=hp.layers[-1], deltas=result.layer_deltas())
+        k, _ = compute_keys(model, batch, layer=layer, out_layer=hp.layers[-1], deltas=result.delta())
         return k.T @ k
 
+    cache = edited_key_gram(model, tok, {"en": inputs}, first)
     for layer in hp.layers:
-        np.testing.assert_allclose(first.cache_c[layer], gram(first, layer), rtol=1e-4, atol=1e-5)
-    # a second (sequential) batch starts from the first's cache and adds its own keys' Gram
-    second = edit(model, tok, inputs, hp, stats, cache_c=first.cache_c)
+        np.testing.assert_allclose(cache[down_proj_path(layer)][0], gram(first, layer), rtol=1e-4, atol=1e-5)
+    second = edit(model, tok, inputs, hp, stats, extra_gram={k: v[0] for k, v in cache.items()})
+    cache2 = edited_key_gram(model, tok, {"en": inputs}, second)
     for layer in hp.layers:
-        expected = first.cache_c[layer] + gram(second, layer)
-        np.testing.assert_allclose(second.cache_c[layer], expected, rtol=1e-4, atol=1e-5)
-        assert (
-            float(jnp.abs(second.deltas[down_proj_path(layer)] - first.deltas[down_proj_path(layer)]).max())
-            > 0
-        )
-    only_skipped = edit(model, tok, [SKIP], hp, stats, cache_c=first.cache_c)
-    assert only_skipped.deltas == {} and only_skipped.diagnostics[0].skipped
-    assert only_skipped.cache_c is not None
+        name = down_proj_path(layer)
+        np.testing.assert_allclose(cache2[name][0], gram(second, layer), rtol=1e-4, atol=1e-5)
+        assert float(jnp.abs(second.deltas[name] - first.deltas[name]).max()) > 0
+    only_skipped = edit(model, tok, [SKIP], hp, stats, extra_gram={k: v[0] for k, v in cache.items()})
+    assert only_skipped.deltas == {} and only_skipped.diagnostics["en"][0].skipped
 
 
 def test_rome_one_request(tiny):
@@ -127,13 +128,13 @@ def test_rome_one_request(tiny):
 
     hp = load_preset("rome", "tiny-llama")
     stats = key_statistics(model, RandomTokens(model.config.vocab_size, 4, 32, 64), layers=hp.layers,
-                           source={"corpus": "random-tokens", "max_length": 64}, progress=False)  # fmt: skip
+                           progress=False)  # fmt: skip
     assert reliability(model, tok, request) == 0.0
-    result = edit(model, tok, request, hp, stats)
+    result = rome_edit(model, tok, request, hp, stats)
     _check_deltas(result, model, hp.layers)
-    delta = result.deltas[down_proj_path(2)]
+    delta = result.deltas[down_proj_path(2)][0]
     assert np.linalg.matrix_rank(np.asarray(delta, np.float64), tol=1e-6 * float(jnp.abs(delta).max())) == 1
-    deltas = result.layer_deltas()
+    deltas = result.delta()
     assert reliability(model, tok, request, deltas) == 1.0
     assert locality(model, tok, UNRELATED, deltas) >= 0.9
 
@@ -173,4 +174,8 @@ def test_request_error_names_request(tiny):
     model, tok = tiny
     r = EditRequest(id=7, lang="de", prompt="Wer ist X", subject="X", target="", subject_span=(8, 9))
     with pytest.raises(RequestError, match="de/7"):
+        rome_edit(
+            model, tok, [r], load_preset("rome", "tiny-llama"), KeyStatistics.from_arrays({2: np.eye(128)})
+        )
+    with pytest.raises(HparamsError, match="one request at a time"):
         edit(model, tok, [r], load_preset("rome", "tiny-llama"), KeyStatistics.from_arrays({2: np.eye(128)}))

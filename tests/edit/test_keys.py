@@ -21,7 +21,7 @@ def test_keys_match_direct_forwards(tiny):
     np.testing.assert_allclose(batch.key_weights, [0.5, 1 / 6, 1 / 6, 1 / 6], rtol=1e-6)
     cfg = model.config
     delta = 0.05 * jax.random.normal(jax.random.key(1), (cfg.hidden_size, cfg.intermediate_size))
-    deltas = {1: delta}
+    deltas = {down_proj_path(1): delta}  # the one key scheme: HF names
     k, h = compute_keys(model, batch, layer=2, out_layer=3, deltas=deltas)
     assert k.shape == (4, cfg.intermediate_size) and h.shape == (4, cfg.hidden_size)
     # independent route: own offsets lookup, right padding (not the library's left padding), one jitted forward

@@ -1,9 +1,9 @@
-"""Per-language edit vectors in one call (``edit_languages``) against the single-language driver and the joint
-baseline; language order, chunking, skipped languages, the EditSet pytree, and 12 languages on 8 devices.
+"""Per-language edit vectors in one call (``edit_languages``) against one-language calls and the joint baseline;
+language order, chunking, skipped languages, the EditSet pytree, and 12 languages on 8 devices.
 
-Independent references: the single-language driver ``mkejax.edit.edit`` (one language at a time, its own
-tokenisation, targets and layer loop) and, for the shared covariance, the joint edit of all languages' requests.
-Tolerance: relative Frobenius error <= 1e-5 on every layer's delta.
+References: each language edited alone (L = 1: its own tokenisation, targets and schedule) and, for the shared
+covariance, the joint edit of all languages' requests; the per-layer solves are checked against float64 NumPy in
+test_multilingual_solve.py. Tolerance: relative Frobenius error <= 1e-5 on every layer's delta.
 """
 
 from __future__ import annotations
@@ -20,15 +20,18 @@ from multidevice import run_on_devices
 
 from mkejax.data import load_demo_facts
 from mkejax.edit import (
-    AlphaEditHparams,
     ContextTemplates,
+    EditHparams,
+    EditSet,
+    HparamsError,
     KeyStatistics,
-    MemitHparams,
     RequestError,
-    RomeHparams,
     TemplateSpec,
+    edit_joint,
+    edit_languages,
+    edit_single,
+    language_targets,
 )
-from mkejax.edit.languages import EditSet, edit_joint, edit_languages, edit_single, language_targets
 from mkejax.models import down_proj_path, load_model, load_tokenizer
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -43,8 +46,13 @@ TEMPLATES = {
 }
 COMMON = {"v_loss_layer": 3, "clamp_norm_factor": 4.0, "v_lr": 0.5, "v_num_grad_steps": 6, "v_weight_decay": 1e-3,
           "kl_factor": 0.0625, "templates": TemplateSpec(fixed=("The {}", "I think {}"))}  # fmt: skip
-MEMIT = MemitHparams(layers=(1, 2), mom2_update_weight=50.0, **COMMON)
-ALPHAEDIT = AlphaEditHparams(layers=(1, 2), nullspace_threshold=0.3, l2=1.0, **COMMON)
+MEMIT = EditHparams(method="memit", layers=(1, 2), solver={"mom2_update_weight": 50.0}, **COMMON)
+ALPHAEDIT = EditHparams(
+    method="alphaedit", layers=(1, 2), solver={"nullspace_threshold": 0.3, "l2": 1.0}, **COMMON
+)
+EMMET = EditHparams(
+    method="emmet", layers=(1, 2), solver={"mom2_update_weight": 50.0, "emmet_lambda": 0.1}, **COMMON
+)
 
 
 def rel(a, b) -> float:
@@ -85,11 +93,11 @@ def assert_deltas_close(got: dict, want: dict, what: str):
         assert err <= TOL, f"{what} {path}: relative error {err:.2e}"
 
 
-@pytest.mark.parametrize("hparams", [MEMIT, ALPHAEDIT], ids=["memit", "alphaedit"])
+@pytest.mark.parametrize("hparams", [MEMIT, ALPHAEDIT, EMMET], ids=["memit", "alphaedit", "emmet"])
 def test_own_covariance_equals_single_language_edits(setup, hparams):
     """Own covariance: each language's delta (after its own multi-layer schedule) is its single-language edit."""
     model, tok, requests, stats = setup
-    langs = LANGS if isinstance(hparams, MemitHparams) else ("de",)  # AlphaEdit: the single-language case
+    langs = LANGS if hparams.method == "memit" else ("en", "de")
     subset = {lang: requests[lang] for lang in langs}
     es = edit_languages(model, tok, subset, hparams, stats, shared_cov=False, templates=TEMPLATES)
     assert es.languages == langs and not es.shared_cov
@@ -98,12 +106,13 @@ def test_own_covariance_equals_single_language_edits(setup, hparams):
         want = edit_single(model, tok, subset, lang, hparams, stats, templates=TEMPLATES)
         got = es.single(lang)
         assert got.deltas[down_proj_path(1)].shape == (
+            1,
             model.config.hidden_size,
             model.config.intermediate_size,
         )
-        assert_deltas_close(got.deltas, want.deltas, f"{type(hparams).__name__} {lang}")
-        assert len(got.diagnostics) == len(requests[lang])
-        for a, b in zip(got.diagnostics, want.diagnostics, strict=True):
+        assert_deltas_close(got.deltas, want.deltas, f"{hparams.method} {lang}")
+        assert len(got.diagnostics[lang]) == len(requests[lang])
+        for a, b in zip(got.diagnostics[lang], want.diagnostics[lang], strict=True):
             assert (a.id, a.lang, a.skipped, a.steps) == (b.id, b.lang, b.skipped, b.steps)
             np.testing.assert_allclose(a.final_loss, b.final_loss, rtol=1e-4)
 
@@ -119,9 +128,9 @@ def test_shared_sum_equals_joint_for_one_layer(setup):
     joint = edit_joint(model, tok, requests, hp, stats, templates=tmpl)
     shared = edit_languages(model, tok, requests, hp, stats, shared_cov=True, templates=tmpl)
     own = edit_languages(model, tok, requests, hp, stats, shared_cov=False, templates=tmpl)
-    assert_deltas_close(shared.merge("sum", alpha=1.0), joint.deltas, "shared Sum vs joint")
-    assert rel(own.merge("sum")[down_proj_path(2)], joint.deltas[down_proj_path(2)]) > 1e-2
-    assert len(joint.diagnostics) == 2 * len(LANGS)
+    assert_deltas_close(shared.merge("sum", alpha=1.0), joint.delta(), "shared Sum vs joint")
+    assert rel(own.merge("sum")[down_proj_path(2)], joint.delta()[down_proj_path(2)]) > 1e-2
+    assert len(joint.diagnostics["joint"]) == 2 * len(LANGS)
 
 
 def test_order_chunks_and_skipped_language(setup, shared_set):
@@ -149,6 +158,8 @@ def test_order_chunks_and_skipped_language(setup, shared_set):
 
 
 def test_edit_set_pytree_and_orbax_roundtrip(setup, shared_set, tmp_path):
+    """An EditSet is a pytree (deltas, the keys of each solve, the request mask and the targets are leaves; the
+    rest is static), Orbax round-trips it, and it carries what the edit was computed from."""
     import orbax.checkpoint as ocp
 
     model = setup[0]
@@ -157,9 +168,14 @@ def test_edit_set_pytree_and_orbax_roundtrip(setup, shared_set, tmp_path):
     assert {k: v.shape for k, v in shared_set.deltas.items()} == {
         down_proj_path(l): (L, D, F) for l in (1, 2)
     }
-    stacked = shared_set.stacked()
-    assert sorted(stacked) == [1, 2] and stacked[1].shape == (L, D, F)
-    doubled = jax.tree.map(lambda x: 2 * x, shared_set)  # a pytree: only the deltas are leaves
+    n = max(COUNTS.values())
+    assert {k: v.shape for k, v in shared_set.keys.items()} == {down_proj_path(l): (L, F, n) for l in (1, 2)}
+    assert np.asarray(shared_set.mask).sum(1).tolist() == [COUNTS[lang] for lang in LANGS]
+    assert sorted(shared_set.targets) == sorted(LANGS) and shared_set.targets["de"].z.shape == (
+        COUNTS["de"],
+        D,
+    )
+    doubled = jax.tree.map(lambda x: 2 * x, shared_set)
     assert isinstance(doubled, EditSet) and doubled.diagnostics == shared_set.diagnostics
     np.testing.assert_allclose(doubled.deltas[down_proj_path(1)], 2 * shared_set.deltas[down_proj_path(1)])
     assert jax.jit(lambda s: s.merge("mean"))(shared_set).keys() == shared_set.deltas.keys()
@@ -188,6 +204,10 @@ def test_targets_computed_once_serve_both_modes(setup, shared_set):
     )
     assert_deltas_close(es.deltas, shared_set.deltas, "given targets")
     assert es.diagnostics == shared_set.diagnostics
+    # one language alone with its given targets equals its single-language edit (own covariance)
+    single = edit_single(model, tok, requests, "de", MEMIT, stats, templates=TEMPLATES, targets=targets)
+    again = edit_single(model, tok, requests, "de", MEMIT, stats, templates=TEMPLATES)
+    assert_deltas_close(single.deltas, again.deltas, "edit_single(targets=)")
     with pytest.raises(ValueError, match="no target values for language 'zh'"):
         edit_languages(model, tok, requests, MEMIT, stats, shared_cov=False, templates=TEMPLATES,
                        targets={k: v for k, v in targets.items() if k != "zh"})  # fmt: skip
@@ -200,8 +220,8 @@ def test_targets_computed_once_serve_both_modes(setup, shared_set):
 
 def test_bad_input(setup):
     model, tok, requests, stats = setup
-    rome = RomeHparams(layers=(1,), **COMMON)
-    with pytest.raises(TypeError, match="MemitHparams or AlphaEditHparams"):
+    rome = EditHparams(method="rome", layers=(1,), **COMMON)
+    with pytest.raises(HparamsError, match="one request at a time.*alphaedit, emmet, memit"):
         edit_languages(model, tok, requests, rome, stats, shared_cov=False)
     with pytest.raises(RequestError, match="'de': no requests"):
         edit_languages(model, tok, {"en": requests["en"], "de": []}, MEMIT, stats, shared_cov=False)
@@ -230,14 +250,15 @@ SCRIPT = textwrap.dedent(
     assert jax.device_count() == 8, jax.devices()
     sys.path[:0] = [sys.argv[3], str(pathlib.Path(sys.argv[3]).parent)]  # this module and tests/ helpers
     from test_languages import MEMIT, synthetic_stats, rel
-    from mkejax.data import LANGUAGES, load_demo_facts
-    from mkejax.edit.languages import edit_languages
+    from mkejax.data import load_demo_facts
+    from mkejax.edit import edit_languages
     from mkejax.models import load_model, load_tokenizer
     from mkejax.sharding import DATA, LANG, make_mesh
     model, tok = load_model(sys.argv[1]), load_tokenizer(sys.argv[1])
     facts = load_demo_facts(("en", "de", "zh"), limit=3)
     # 12 language tags over the 3 demo languages' first facts (rows of similar length, so that one target call
     # serves all of them), 1-2 requests each
+    LANGUAGES = ("en", "cs", "de", "es", "fr", "nl", "pt", "ru", "th", "tr", "vi", "zh")  # 12 tags
     requests = {tag: facts[("en", "de", "zh")[i % 3]][i // 6 : i // 6 + 1 + i % 2] for i, tag in enumerate(LANGUAGES)}
     stats = synthetic_stats(model.config.intermediate_size)
     ref = edit_languages(model, tok, requests, MEMIT, stats, shared_cov=True)

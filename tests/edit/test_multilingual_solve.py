@@ -1,4 +1,6 @@
-"""Per-language solves: own vs shared covariance, masking, chunking, and 12 languages on 8 simulated devices."""
+"""Per-language solves of every registered method: own vs shared covariance (each language equal to its single
+float64-checked solve with the other languages' Gram as an extra term), masking, chunking, 12 languages on 8
+simulated devices."""
 
 from __future__ import annotations
 
@@ -10,8 +12,8 @@ import numpy as np
 import pytest
 from multidevice import run_on_devices
 
-from mkejax.edit.multilingual import solve_languages
-from mkejax.edit.solvers import nullspace_projection, solve_alphaedit, solve_memit
+from mkejax.edit import get, nullspace_projection, solve_alphaedit, solve_emmet, solve_memit
+from mkejax.edit.schedule import solve_languages
 from mkejax.merge import merge
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -35,13 +37,22 @@ def make(seed=0, langs=L, d_in=D_IN, d_out=D_OUT, n=N):
     return rng, K, R, C, P
 
 
+METHODS = {
+    "memit": get("memit", mom2_update_weight=LAM),
+    "alphaedit": get("alphaedit", nullspace_threshold=0.1, l2=L2),  # the threshold made P: the solve takes P
+    "emmet": get("emmet", mom2_update_weight=LAM, emmet_lambda=0.05),
+}
+
+
 def solve(method, K, R, C, P, **kw):
-    return solve_languages(method, K, R, C=C, P=P, lam=LAM, l2=L2, **kw)
+    return solve_languages(METHODS[method], K, R, {"P": P} if method == "alphaedit" else {"C": C}, **kw)
 
 
 def single(method, K, R, C, P, gram=None):
     if method == "memit":
         return np.asarray(solve_memit(K, R, C, lam=LAM, gram=gram))
+    if method == "emmet":
+        return np.asarray(solve_emmet(K, R, C, lam=LAM, emmet_lambda=0.05, gram=gram))
     return np.asarray(solve_alphaedit(K, R, P, l2=L2, gram=gram))
 
 
@@ -61,7 +72,7 @@ def test_shared_sum_equals_joint_solve_and_differs_from_own(method):
 
 
 @pytest.mark.parametrize("shared", [False, True])
-@pytest.mark.parametrize("method", ["memit", "alphaedit"])
+@pytest.mark.parametrize("method", ["memit", "alphaedit", "emmet"])
 def test_each_language_equals_its_single_solve(method, shared):
     _, K, R, C, P = make(1)
     got = solve(method, K, R, C, P, shared=shared)
@@ -73,7 +84,7 @@ def test_each_language_equals_its_single_solve(method, shared):
 
 
 @pytest.mark.parametrize("shared", [False, True])
-@pytest.mark.parametrize("method", ["memit", "alphaedit"])
+@pytest.mark.parametrize("method", ["memit", "alphaedit", "emmet"])
 def test_masking_a_request_equals_dropping_it(method, shared):
     _, K, R, C, P = make(2, n=4)
     mask = np.ones((L, 4), bool)
@@ -108,21 +119,24 @@ def test_chunked_languages_and_extra_gram(shared):
 
 def test_bad_inputs():
     _, K, R, C, P = make(4)
-    with pytest.raises(ValueError, match="valid: memit, alphaedit"):
-        solve_languages("rome", K, R, C=C, lam=1.0, shared=False)
-    with pytest.raises(ValueError, match="needs C and lam"):
-        solve_languages("memit", K, R, P=P, l2=1.0, shared=False)
+    with pytest.raises(ValueError, match="unknown edit method 'rome'; valid: alphaedit, emmet, memit"):
+        get("rome")
+    with pytest.raises(ValueError, match=r"memit needs the statistics \['C'\]"):
+        solve_languages(METHODS["memit"], K, R, {"P": P}, shared=False)
     with pytest.raises(ValueError, match="mask must have shape"):
         solve("memit", K, R, C, P, shared=False, mask=np.ones((L, N + 1), bool))
-    with pytest.raises(ValueError, match="lam must be >= 0"):
-        solve_languages("memit", K, R, C=C, lam=-1.0, shared=False)
+    with pytest.raises(ValueError, match=r"mom2_update_weight must be a finite number in \[0.0, inf\)"):
+        get("memit", mom2_update_weight=-1.0)
+    with pytest.raises(ValueError, match="unknown hyperparameters \\['lam'\\]; valid: mom2_update_weight"):
+        get("memit", lam=1.0)
     with pytest.raises(ValueError, match="no 'lang' axis"):
         from jax.sharding import Mesh
 
         solve("memit", K, R, C, P, shared=False, mesh=Mesh(np.array(__import__("jax").devices()[:1]), ("x",)))
     # A singular system is refused, naming the languages: C = 0 and n < d_in leaves K Kᵀ singular.
     with pytest.raises(ValueError, match=r"languages \['de', 'fr', 'es', 'zh'\]"):
-        solve_languages("memit", K, R, C=0 * C, lam=1.0, shared=False, names=["de", "fr", "es", "zh"])
+        solve_languages(get("memit", mom2_update_weight=1.0), K, R, {"C": 0 * C}, shared=False,
+                        names=["de", "fr", "es", "zh"])  # fmt: skip
 
 
 MULTIDEVICE = textwrap.dedent(
@@ -131,20 +145,21 @@ MULTIDEVICE = textwrap.dedent(
     import numpy as np
     import jax
     assert jax.device_count() == 8, jax.devices()
-    from mkejax.edit.multilingual import solve_languages
+    from mkejax.edit import get
+    from mkejax.edit.schedule import solve_languages
     from mkejax.sharding import LANG, DATA, make_mesh
     data = np.load(sys.argv[1])
     out = {}
-    runs = [({LANG: 8}, m, s) for m in ("memit", "alphaedit") for s in (False, True)]
+    methods = {"memit": get("memit", mom2_update_weight=2.0), "alphaedit": get("alphaedit", nullspace_threshold=0.1, l2=1.5),
+               "emmet": get("emmet", mom2_update_weight=2.0, emmet_lambda=0.05)}
+    runs = [({LANG: 8}, m, s) for m in methods for s in (False, True)]
     runs.append(({LANG: 4, DATA: 2}, "memit", True))  # other mesh axes present: the lang axis still splits
     for shape, method, shared in runs:
         mesh = make_mesh(shape)
-        if True:
-            if True:
-                got = solve_languages(method, data["K"], data["R"], C=data["C"], P=data["P"], lam=2.0, l2=1.5,
-                                      shared=shared, mask=data["mask"], mesh=mesh)
-                assert got.shape == data["K"].shape[:1] + (data["R"].shape[1], data["K"].shape[1]), got.shape
-                out[f"{mesh.shape[LANG]}-{method}-{shared}"] = np.asarray(got)
+        aux = {"P": data["P"]} if method == "alphaedit" else {"C": data["C"]}
+        got = solve_languages(methods[method], data["K"], data["R"], aux, shared=shared, mask=data["mask"], mesh=mesh)
+        assert got.shape == data["K"].shape[:1] + (data["R"].shape[1], data["K"].shape[1]), got.shape
+        out[f"{mesh.shape[LANG]}-{method}-{shared}"] = np.asarray(got)
     np.savez(sys.argv[2], **out)
     """
 )
@@ -157,7 +172,7 @@ def test_twelve_languages_on_eight_devices_equal_one_device(tmp_path):
     np.savez(tmp_path / "in.npz", K=K, R=R, C=C, P=P, mask=mask)
     run_on_devices(MULTIDEVICE, tmp_path / "in.npz", tmp_path / "out.npz")
     out = np.load(tmp_path / "out.npz")
-    assert len(out.files) == 5
+    assert len(out.files) == 7
     for key in out.files:
         _, method, shared = key.split("-")
         expected = solve(method, K, R, C, P, shared=shared == "True", mask=mask)
@@ -167,5 +182,5 @@ def test_twelve_languages_on_eight_devices_equal_one_device(tmp_path):
 def test_composes_with_an_outer_jit():
     _, K, R, C, P = make(7)
     eager = solve("alphaedit", K, R, C, P, shared=True)
-    jitted = jax.jit(lambda K, R: solve_languages("alphaedit", K, R, P=P, l2=L2, shared=True))(K, R)
+    jitted = jax.jit(lambda K, R: solve_languages(METHODS["alphaedit"], K, R, {"P": P}, shared=True))(K, R)
     assert rel(jitted, eager) <= TOL

@@ -61,6 +61,24 @@ def test_subject_inside_a_token_and_padding_entries(tiny):
     assert b.select(slice(0, 1)).input_ids.shape == (1, *b.input_ids.shape[1:])
 
 
+def test_leading_space_and_automatic_subject_span(tiny):
+    """A target that already starts with a space gets no second one; a request built by hand finds its subject."""
+    _, tok = tiny
+    assert (
+        target_tokens(tok, " Paris")
+        == target_tokens(tok, "Paris")
+        == tok(" Paris", add_special_tokens=False)["input_ids"]
+    )
+    r = EditRequest(id=0, lang="en", prompt="The capital of France is", subject="France", target="Lyon")
+    assert r.subject_span == (15, 21) and r.prompt[slice(*r.subject_span)] == "France"
+    with pytest.raises(ValueError, match="subject 'Spain' does not occur in prompt"):
+        EditRequest(id=1, lang="en", prompt="The capital of France is", subject="Spain", target="Lyon")
+    tail = EditRequest(
+        id=2, lang="en", prompt="Capital of", subject="Spain", target="X", subject_rule="last_token"
+    )
+    assert tail.subject_span is None and tail.edit_char == len("Capital of") - 1
+
+
 def test_errors(tiny):
     _, tok = tiny
     with pytest.raises(RequestError, match="empty target"):

@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from mkejax.edit.solvers import check_finite, nullspace_projection, solve_alphaedit, solve_memit, solve_rome
+from mkejax.edit import solve_alphaedit, solve_emmet, solve_memit
+from mkejax.edit.solvers import check_finite, nullspace_projection, solve_rome
 
 D_IN, D_OUT, N = 24, 16, 8
 TOL = 1e-5
@@ -110,7 +111,7 @@ BAD = {
     "nonsymmetric C": (lambda K, R, C: solve_memit(K, R, C.at[0, 1].add(1.0), lam=1.0), "not symmetric"),
     "K/R columns": (lambda K, R, C: solve_memit(K, R[:, :-1], C, lam=1.0), "request columns"),
     "C shape": (lambda K, R, C: solve_memit(K, R, C[:-1, :-1], lam=1.0), "shape"),
-    "negative lam": (lambda K, R, C: solve_memit(K, R, C, lam=-1.0), "lam must be >= 0"),
+    "negative lam": (lambda K, R, C: solve_memit(K, R, C, lam=-1.0), "mom2_update_weight must be >= 0"),
     "singular memit": (lambda K, R, C: solve_memit(K, R, 0 * C, lam=1.0), "singular"),
     "singular alphaedit": (
         lambda K, R, C: solve_alphaedit(K, R, nullspace_projection(C, 0.5), l2=0.0),
@@ -131,6 +132,37 @@ def test_bad_input_raises(inputs, case):
     fn, message = BAD[case]
     with pytest.raises(ValueError, match=message):
         fn(jnp.asarray(K), jnp.asarray(R), jnp.asarray(C))
+
+
+@pytest.mark.parametrize("emmet_lambda", [0.0, 0.1])
+@pytest.mark.parametrize("lam", [0.5, 15000.0])
+def test_emmet_matches_its_published_closed_form(inputs, lam, emmet_lambda):
+    """EMMET (Gupta et al. 2024): ΔW = R (Kᵀ A⁻¹ K + λ_e I)⁻¹ Kᵀ A⁻¹ with A = λC (+ μI), float64 NumPy."""
+    rng, K, R, C = inputs
+    Kd, Rd, Cd = f64(K, R, C)
+    for mu, G in ((0.0, None), (0.3, spd(rng, D_IN))):
+        A = lam * Cd + mu * np.eye(D_IN) + (0 if G is None else np.asarray(G, np.float64))
+        Ainv = np.linalg.inv(A)
+        D = Kd.T @ Ainv @ Kd + emmet_lambda * np.eye(N)
+        expected = Rd @ np.linalg.inv(D) @ Kd.T @ Ainv
+        got = solve_emmet(K, R, C, lam=lam, emmet_lambda=emmet_lambda, update_norm_lambda=mu, gram=G)
+        assert got.shape == (D_OUT, D_IN) and got.dtype == np.float32
+        assert rel(got, expected) <= TOL, (mu, G is None)
+    # the equality constraint: with λ_e = 0 the keys are mapped exactly onto the residuals
+    exact = solve_emmet(K, R, C, lam=lam, emmet_lambda=0.0)
+    assert rel(np.asarray(exact, np.float64) @ Kd, Rd) <= TOL
+
+
+def test_emmet_of_one_request_is_rome(inputs):
+    """For one request (λ_e = 0) EMMET's update is ROME's rank-one update with r = z − W k (λ cancels)."""
+    rng, K, _, C = inputs
+    k = K[:, :1]
+    W = rng.normal(size=(D_OUT, D_IN)).astype(np.float32)
+    z = rng.normal(size=D_OUT).astype(np.float32)
+    r = (z - W @ k[:, 0])[:, None]
+    rome = solve_rome(k[:, 0], z, W, C)
+    for lam in (1.0, 1500.0):
+        assert rel(solve_emmet(k, r, C, lam=lam, emmet_lambda=0.0), rome) <= TOL
 
 
 def test_check_finite_names_the_layer():

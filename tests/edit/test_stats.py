@@ -1,4 +1,5 @@
-"""Key statistics: equal a float64 NumPy sum over captured keys; cache hit / stale / resume; bad input; 8 devices."""
+"""Key statistics: equal a float64 NumPy sum over captured keys; resume from a saved state; the corpus sample
+(fine buckets, whole corpus); bad input; 8 devices."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import pytest
 from mkejax.edit import StatsError, key_statistics
 
 LAYERS = (0, 2)
-SOURCE = {"corpus": "random-tokens-with-padding", "max_length": 40}
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -55,7 +55,7 @@ def reference(model, data) -> tuple[dict[int, np.ndarray], int]:
 def test_equals_numpy_sum(tiny):
     model, _ = tiny
     data = batches(model.config.vocab_size)
-    stats = key_statistics(model, data, layers=LAYERS, source=SOURCE, progress=False)
+    stats = key_statistics(model, data, layers=LAYERS, progress=False)
     ref, count = reference(model, data)
     assert stats.layers == LAYERS and all(stats.tokens[l] == count for l in LAYERS)
     for l in LAYERS:
@@ -63,32 +63,14 @@ def test_equals_numpy_sum(tiny):
         np.testing.assert_allclose(stats[l], ref[l], rtol=1e-5, atol=1e-7 * np.abs(ref[l]).max())
 
 
-def _never():
-    raise AssertionError("the corpus must not be read on a cache hit")
-    yield
-
-
-def test_cache_hit_stale_and_resume(tiny, tmp_path, caplog):
+def test_resume_from_saved_state(tiny, caplog):
+    """Interrupted after 3 batches (the save callback receives the running sums), then resumed from that state:
+    equals the uninterrupted run; the progress bar and the saves see completed work only."""
     model, _ = tiny
     data = batches(model.config.vocab_size, n=5)
-    kw = {"layers": LAYERS, "source": SOURCE, "cache_dir": tmp_path, "progress": False}
+    kw = {"layers": LAYERS, "progress": False}
     first = key_statistics(model, data, **kw)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["layer0", "layer2"]
-    with caplog.at_level(logging.INFO):
-        hit = key_statistics(model, _never(), **kw)
-    assert "reused" in caplog.text
-    for l in LAYERS:
-        np.testing.assert_array_equal(hit[l], first[l])
-        assert hit.tokens[l] == first.tokens[l] and hit.fingerprints[l] == first.fingerprints[l]
-    # a different corpus description -> stale, logged and recomputed over the new batches
-    caplog.clear()
-    with caplog.at_level(logging.INFO):
-        other = key_statistics(model, data[:2], **{**kw, "source": {**SOURCE, "max_length": 41}})
-    assert "recomputing" in caplog.text
-    assert other.tokens[0] < first.tokens[0] and other.fingerprints[0] != first.fingerprints[0]
-
-    # interrupted after 3 batches (saved every batch), then resumed: equals the uninterrupted run
-    resume_dir = tmp_path / "resume"
+    saved = []
 
     def interrupted():
         for i, b in enumerate(data):
@@ -97,31 +79,61 @@ def test_cache_hit_stale_and_resume(tiny, tmp_path, caplog):
             yield b
 
     with pytest.raises(KeyboardInterrupt):
-        key_statistics(model, interrupted(), **{**kw, "cache_dir": resume_dir, "save_every": 2})
-    assert [p.name for p in resume_dir.iterdir() if p.name.startswith("partial-")]
-    caplog.clear()
+        key_statistics(model, interrupted(), save=saved.append, save_every_s=1e9, **kw)
+    (state,) = saved  # saved once, when interrupted
+    assert state.batches == 3 and state.tokens == sum(int(b.attention_mask.sum()) for b in data[:3])
     with caplog.at_level(logging.INFO):
-        resumed = key_statistics(model, data, **{**kw, "cache_dir": resume_dir})
+        resumed = key_statistics(model, data, resume=state, **kw)
     assert "resuming" in caplog.text and "after 3 batches" in caplog.text
-    assert not [p.name for p in resume_dir.iterdir() if p.name.startswith("partial-")]
     for l in LAYERS:
         np.testing.assert_allclose(resumed[l], first[l], rtol=1e-6)
         assert resumed.tokens[l] == first.tokens[l]
+
+
+def test_corpus_sample_buckets_and_whole_corpus(tiny, tmp_path):
+    """corpus_statistics over a file corpus of short lines: the whole corpus when no limit is set, rows in fine
+    buckets (a 10-token line is padded to 16, not 64), a document limit, equal to the float64 reference."""
+    from mkejax.data import CorpusSpec, load_corpus
+    from mkejax.data.tokens import fine_buckets
+    from mkejax.edit import StatsSpec, corpus_statistics
+    from mkejax.edit.stats import stats_batches
+
+    model, tok = tiny
+    lines = [f"Short line number {i} about the city of Paris." for i in range(40)]
+    (tmp_path / "en.txt").write_text("\n".join(lines), encoding="utf-8")
+    corpus = load_corpus(CorpusSpec(kind="files", languages=("en",), paths=(str(tmp_path / "en.txt"),)))
+    spec = StatsSpec(corpus=corpus.spec, max_length=64, batch_size=4)
+    got = list(stats_batches(tok, corpus, spec, max_length=64))
+    lengths = [len(tok(t)["input_ids"]) for t in lines]
+    assert sum(b.num_tokens for b in got) == sum(lengths)  # the whole corpus
+    bucket = min(b for b in fine_buckets(64) if b >= max(lengths))  # the lines are 20-30 tokens here
+    assert {b.shape[1] for b in got} == {bucket} and bucket < 64  # fine buckets: no 64-token rows
+    assert sum(b.input_ids.size for b in got[:-1]) < 1.5 * sum(b.num_tokens for b in got[:-1])  # little padding
+    assert {b.shape[0] for b in got} == {4 * 64 // bucket}  # the token budget of 4 rows of 64
+    stats = corpus_statistics(model, tok, corpus, spec, layers=LAYERS, progress=False)
+    ref, count = reference(model, got)
+    assert stats.tokens[0] == count
+    for l in LAYERS:
+        np.testing.assert_allclose(stats[l], ref[l], rtol=1e-5, atol=1e-7 * np.abs(ref[l]).max())
+    few = list(
+        stats_batches(tok, corpus, StatsSpec(corpus=corpus.spec, samples=5, max_length=64), max_length=64)
+    )
+    assert sum(b.num_tokens for b in few) == sum(
+        len(tok(t)["input_ids"]) for _, t in list(corpus.texts(0))[:5]
+    )
 
 
 def test_bad_inputs(tiny):
     model, _ = tiny
     vocab = model.config.vocab_size
     with pytest.raises(StatsError, match="out of range"):
-        key_statistics(model, batches(vocab), layers=(4,), source=SOURCE, progress=False)
+        key_statistics(model, batches(vocab), layers=(4,), progress=False)
     empty = [Batch(b.input_ids, np.zeros_like(b.attention_mask)) for b in batches(vocab, n=2)]
     with pytest.raises(StatsError, match="no .*tokens"):
-        key_statistics(model, empty, layers=LAYERS, source=SOURCE, progress=False)
+        key_statistics(model, empty, layers=LAYERS, progress=False)
     bad = [Batch(np.zeros((2, 5), np.int32), np.ones((2, 6), np.int32))]
     with pytest.raises(StatsError, match="batch 0"):
-        key_statistics(model, bad, layers=LAYERS, source=SOURCE, progress=False)
-    with pytest.raises(StatsError, match="corpus"):
-        key_statistics(model, batches(vocab), layers=LAYERS, source={"max_length": 3}, progress=False)
+        key_statistics(model, bad, layers=LAYERS, progress=False)
 
 
 @pytest.mark.multidevice
@@ -132,15 +144,15 @@ def test_data_parallel_equals_single_device(tiny_checkpoint, tmp_path):
         os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
         sys.path.insert(0, {str(REPO / "tests" / "edit")!r})
         import numpy as np, jax
-        from test_stats import LAYERS, SOURCE, batches
+        from test_stats import LAYERS, batches
         from mkejax.edit import key_statistics
         from mkejax.models import load_model
         from mkejax.sharding import make_mesh
         assert len(jax.devices()) == 8
         model = load_model({str(tiny_checkpoint("llama"))!r})
         data = batches(model.config.vocab_size)
-        one = key_statistics(model, data, layers=LAYERS, source=SOURCE, progress=False)
-        eight = key_statistics(model, data, layers=LAYERS, source=SOURCE, progress=False, mesh=make_mesh())
+        one = key_statistics(model, data, layers=LAYERS, progress=False)
+        eight = key_statistics(model, data, layers=LAYERS, progress=False, mesh=make_mesh())
         for l in LAYERS:
             assert len(eight[l].sharding.device_set) == 8
             np.testing.assert_allclose(np.asarray(eight[l]), np.asarray(one[l]), rtol=1e-5, atol=1e-8)

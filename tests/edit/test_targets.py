@@ -1,4 +1,5 @@
-"""Target values (compute_z): batched = per request, loss = an independent recomputation, clamp, masks."""
+"""Target values (compute_z): batched = per request, loss = an independent recomputation of the reference's rules
+(KL(p_edited ‖ p_unedited), decay ‖δ‖ / ‖h‖², stop on the total loss), clamp, masks."""
 
 from __future__ import annotations
 
@@ -72,8 +73,10 @@ def _reference_loss(model, batch, delta, h):
             nll.append(-float(jnp.mean(lp[tp, batch.target_ids[i, :m]])))
         kp = int(batch.positions[i, p])
         ref, new = jax.nn.log_softmax(clean[i, p, kp]), jax.nn.log_softmax(edited[i, p, kp])
-        kl = float(jnp.sum(jnp.exp(ref) * (ref - new)))
-        decay = float(jnp.sum(delta[i] ** 2) / jnp.sum(h[i] ** 2))
+        kl = float(
+            jnp.sum(jnp.exp(new) * (new - ref))
+        )  # torch kl_div(log p_init, log p_edited, log_target=True)
+        decay = float(jnp.linalg.norm(delta[i]) / jnp.sum(h[i] ** 2))  # the norm, not its square
         out.append(np.mean(nll) + HP.kl_factor * kl + HP.v_weight_decay * decay)
     return np.array(out)
 
@@ -100,6 +103,25 @@ def test_early_stop_and_inactive_entries(setup):
     t = compute_targets(model, padded, HP, layer=LAYER)
     assert t.steps.tolist()[2:] == [0] and float(jnp.abs(t.delta[2:]).max()) == 0.0
     assert all(s == HP.v_num_grad_steps - 1 for s in t.steps.tolist()[:2])
-    stop_at_once = dataclasses.replace(HP, early_stop_nll=1e3)
+    stop_at_once = dataclasses.replace(HP, early_stop_loss=1e3)
     s = compute_targets(model, padded, stop_at_once, layer=LAYER)
     assert s.steps.tolist() == [0, 0, 0] and float(jnp.abs(s.delta).max()) == 0.0
+
+
+def test_stop_rule_is_on_the_total_loss(setup):
+    """A request stops before the first step whose starting total loss is below the threshold: with the threshold
+    just above its loss after 2 updates (and below its loss after 1), a 4-step run makes exactly 2 updates and
+    returns the 2-update δ; the stop looks at the total loss (NLL + KL + decay), not the NLL alone."""
+    model, _, _, batch = setup
+    one = batch.select(slice(0, 1))
+    full = compute_targets(model, one, dataclasses.replace(HP, v_num_grad_steps=4), layer=LAYER)
+    two = compute_targets(model, one, dataclasses.replace(HP, v_num_grad_steps=3), layer=LAYER)  # 2 updates
+    first = compute_targets(model, one, dataclasses.replace(HP, v_num_grad_steps=2), layer=LAYER)  # 1 update
+    assert (int(full.steps[0]), int(two.steps[0]), int(first.steps[0])) == (3, 2, 1)
+    assert float(first.loss[0]) > float(two.loss[0])
+    cut = dataclasses.replace(HP, v_num_grad_steps=4, early_stop_loss=float(two.loss[0]) * (1 + 1e-6))
+    stopped = compute_targets(model, one, cut, layer=LAYER)
+    assert int(stopped.steps[0]) == 2
+    np.testing.assert_allclose(stopped.delta, two.delta, rtol=1e-5, atol=1e-7)
+    assert float(stopped.loss[0]) < cut.early_stop_loss < float(first.loss[0])
+    assert float(stopped.nll[0]) < float(stopped.loss[0])  # the total, not the NLL, is compared
