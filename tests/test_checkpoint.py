@@ -40,6 +40,7 @@ from mkejax.checkpoint import (
     save_json_artefact,
     verified_file,
 )
+from mkejax.checkpoint.integrity import integrity
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -52,7 +53,14 @@ def _tree():
             "5": jax.random.normal(key, (6, 5)).astype(jnp.bfloat16),
         },
         "layers.5.mlp.down_proj.weight": jnp.arange(12, dtype=jnp.int32).reshape(3, 4),
-        "diag": {"counts": np.arange(3, dtype=np.int64), "n": 7, "x": 1.5, "ok": True, "s": np.float32(2.5)},
+        "diag": {
+            "counts": np.arange(3, dtype=np.int64),
+            "mask": np.eye(2, dtype=bool),
+            "n": 7,
+            "x": 1.5,
+            "ok": True,
+            "s": np.float32(2.5),
+        },
         "host_bf16": np.ones((2, 2), jnp.bfloat16),
         "empty": {},
     }
@@ -150,6 +158,39 @@ def test_an_older_format_is_stale_not_corrupt(tmp_path):
     store_dir = tmp_path
     assert load_artefact(store_dir / "a", fingerprint="f") is None
     assert _listing(tmp_path) == []  # deleted, not kept as evidence of corruption
+
+
+def _reference_checksum(x: np.ndarray) -> int:
+    """The recorded checksum written out in plain Python: sum of (little-endian words of the bits) x (odd
+    weight of the word's flat index), mod 2**32; 8-byte elements count as two 4-byte words."""
+    if x.dtype == np.bool_:
+        words = [int(v) for v in x.reshape(-1)]
+    else:
+        raw, unit = np.ascontiguousarray(x).tobytes(), min(x.dtype.itemsize, 4)
+        words = [int.from_bytes(raw[i : i + unit], "little") for i in range(0, len(raw), unit)]
+    weight = lambda i: ((i * 0x9E3779B1 + 0x7F4A7C15) % 2**32) | 1
+    return sum(w * weight(i) for i, w in enumerate(words)) % 2**32
+
+
+@pytest.mark.parametrize(
+    "dtype", ["float32", "bfloat16", "int8", "uint16", "int32", "bool", "int64", "float64"]
+)
+def test_checksums_on_device_and_host_match_a_plain_python_reference(dtype):
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((3, 5, 7)) * 100).astype(jnp.dtype(dtype))  # [3, 5, 7]: strides of every axis
+    want = _reference_checksum(x)
+    leaves = (
+        [x] if np.dtype(x.dtype).itemsize == 8 else [x, jnp.asarray(x)]
+    )  # no 64-bit JAX arrays without x64
+    sums, finite = integrity(leaves)
+    assert sums == [want] * len(leaves) and all(finite)
+    raw = bytearray(np.ascontiguousarray(x).tobytes())
+    for byte, bit in ((0, 0), (37, 3), (len(raw) - 1, 7)):  # any single flipped bit changes the checksum
+        flipped = bytearray(raw)
+        flipped[byte] ^= 1 << bit
+        y = np.frombuffer(bytes(flipped), x.dtype).reshape(x.shape)
+        if dtype != "bool":
+            assert integrity([y])[0][0] != want
 
 
 def _data_files(path: pathlib.Path) -> list[pathlib.Path]:

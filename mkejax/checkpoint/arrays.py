@@ -29,6 +29,7 @@ from mkejax.checkpoint.layout import (
     check_metadata,
     discard,
     judge,
+    one_line,
     quiet_orbax,
     same_fingerprint,
     stamp,
@@ -271,7 +272,7 @@ def _load(path, fingerprint, sharding, settings) -> tuple[tuple[Any, dict] | Non
     try:
         records, checksums = _records(meta)
     except (KeyError, TypeError, ValueError) as e:
-        discard(path, f"unreadable metadata ({type(e).__name__}: {e}); recomputing", keep=True, inode=inode)
+        discard(path, f"unreadable metadata ({one_line(e)}); recomputing", keep=True, inode=inode)
         return None, "corrupt"
     default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     shardings = leaf_shardings(sharding, records, default)  # the caller's mistakes raise here
@@ -298,7 +299,7 @@ def _load(path, fingerprint, sharding, settings) -> tuple[tuple[Any, dict] | Non
         if bad:
             error = ValueError(f"checksum mismatch in {', '.join(bad)}")
     if error is not None:
-        why = f"corrupt artefact ({type(error).__name__}: {str(error)[:300]}); recomputing"
+        why = f"corrupt artefact ({one_line(error)}); recomputing"
         discard(path, why, keep=True, inode=inode)
         return None, "corrupt"
     return (restored, meta), "hit"

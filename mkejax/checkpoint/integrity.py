@@ -29,13 +29,14 @@ def supported_dtype(dtype) -> bool:
 
 def _bits_u32(x):
     """x's raw bits as uint32 (one value per 1/2/4 bytes; 8-byte elements become pairs), same for jnp and np."""
-    xp = jnp if isinstance(x, jax.Array) else np
-    if x.dtype == np.bool_:
-        return x.astype(xp.uint32)
     size = x.dtype.itemsize
-    if xp is np:
+    if not isinstance(x, jax.Array):  # host: flat C order (the weights are indexed the same way)
         flat = np.ascontiguousarray(x).reshape(-1)
+        if flat.dtype == np.bool_:
+            return flat.astype(np.uint32)
         return flat.view({1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint32}[size]).astype(np.uint32)
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.uint32)
     unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[size]
     return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
 

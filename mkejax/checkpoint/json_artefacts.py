@@ -23,6 +23,7 @@ from mkejax.checkpoint.layout import (
     check_metadata,
     discard,
     judge,
+    one_line,
     same_fingerprint,
     stamp,
     sync,
@@ -86,7 +87,7 @@ def _load(path, fingerprint, settings) -> tuple[tuple[Any, dict] | None, str]:
         error = e
     error = sync(f"reading artefact {path}", error)
     if error is not None:
-        why = f"corrupt artefact ({type(error).__name__}: {str(error)[:300]}); recomputing"
+        why = f"corrupt artefact ({one_line(error)}); recomputing"
         discard(path, why, keep=True, inode=inode)
         return None, "corrupt"
     return (value, meta), "hit"

@@ -117,6 +117,12 @@ def cause_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {first[:300]}"
 
 
+def one_line(error: BaseException, limit: int = 240) -> str:
+    """``Type: message`` on one line (TensorStore's messages span dozens), cut at ``limit`` characters."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text if len(text) <= limit else text[: limit - 3] + '...'}"
+
+
 def is_write_failure(error: BaseException) -> bool:
     """An I/O failure (OSError, or TensorStore's error text for one), not a bug: reported as one line."""
     return (
