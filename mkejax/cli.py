@@ -16,7 +16,8 @@ Subcommands (each with ``--help``)::
 ``CONFIG`` is a YAML path or the name of a shipped config (``demo``, ``llama3.1-8b_memit``, ...). Every stage
 command reuses the artefacts earlier stages left in the run directory (``output_dir``) and recomputes only what
 is missing, stale or corrupt. Errors in configs, sources or data print one line naming the file and key (``-v``
-adds the traceback) and exit with 2; an interrupted run exits with 130 and resumes when rerun.
+(or ``--debug``) adds the traceback) and exit with 2; an interrupted run exits with 130 and resumes when rerun. One run
+at a time holds a run directory: a second fails at once naming the first (``--wait SECONDS`` waits for it).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def _common(parser: argparse.ArgumentParser, *, config: bool) -> None:
             help="override a config field, e.g. --set merge.alphas=1.0,1.5 (repeatable; values parsed as YAML)",
         )  # fmt: skip
     parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging and tracebacks")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (same as -v)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
 
 
@@ -71,6 +73,10 @@ def _stage_flags(parser: argparse.ArgumentParser, *, params: bool) -> None:
     parser.add_argument(
         "--no-resume", action="store_true", help="delete the run's artefacts first and recompute everything"
     )
+    parser.add_argument(
+        "--wait", type=float, default=None, metavar="SECONDS",
+        help="wait up to SECONDS for another run holding the run directory (default: fail at once)",
+    )  # fmt: skip
     if params:
         parser.add_argument(
             "--save-params", action="store_true",
@@ -90,7 +96,7 @@ def cmd_config(args) -> int:
     if args.hparams:
         import yaml
 
-        hp = cfg.edit.hparams()
+        hp = cfg.edit.hparams()  # validated already; printed in full here
         print(f"# edit hyperparameters: {cfg.edit.method} preset {cfg.edit.preset!r} + overrides")
         print(yaml.safe_dump({"hparams": canonical(hp)}, sort_keys=False, allow_unicode=True), end="")
     return 0
@@ -131,7 +137,7 @@ def _run_stages(config, args, until: str) -> int:
     from mkejax.distributed import is_main_process
     from mkejax.runner import run
 
-    summary = run(config, resume=not args.no_resume, until=until, progress=not args.quiet)
+    summary = run(config, resume=not args.no_resume, until=until, progress=not args.quiet, wait=args.wait)
     if is_main_process():
         if summary.table is not None:
             print(summary.table, end="")
@@ -272,8 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose, args.quiet)
     try:
         return args.func(args)
-    except (ValueError, OSError) as e:  # our errors are ValueErrors that name the file/key
-        if args.verbose:
+    except (ValueError, OSError) as e:  # our errors are ValueErrors (and OSErrors) that name the file/key
+        if args.verbose or args.debug:
             raise
         print(f"mkejax {args.command}: error: {e}", file=sys.stderr)
         return 2

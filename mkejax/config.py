@@ -32,31 +32,43 @@ from typing import Any, Literal
 import yaml
 
 from mkejax.checkpoint import canonical, fingerprint
-from mkejax.data.corpus import CorpusSpec
 from mkejax.data.request import LANGUAGES
 from mkejax.data.subject import SubjectPolicy
+from mkejax.edit.stats import StatsSpec
 from mkejax.schema import (
     SchemaError,
+    apply_overrides,
     build,
     configs_dir,
-    field_default,
-    is_dataclass_type,
-    strip_optional,
     suggest,
 )
 from mkejax.sharding import AXES
 
 CONFIG_DIR = configs_dir()
-MergeMethod = Literal["sum", "mean", "tsvm", "ties", "task_arithmetic"]
-# ROME edits one request at a time (mkejax.edit.rome_edit, a library function); the runner's per-language edit
-# vectors come from batch methods.
-EditMethod = Literal["memit", "alphaedit"]
 Protocol = Literal["pre_edit", "merged", "cross_lingual"]
 Dtype = Literal["float32", "bfloat16", "float16"]
 Metric = Literal["reliability", "generality", "locality", "portability"]
-MERGE_METHODS, EDIT_METHODS, PROTOCOLS, DTYPES, METRICS = (
-    typing.get_args(t) for t in (MergeMethod, EditMethod, Protocol, Dtype, Metric)
-)
+PROTOCOLS, DTYPES, METRICS = (typing.get_args(t) for t in (Protocol, Dtype, Metric))
+
+
+def edit_methods() -> tuple[str, ...]:
+    """The edit methods a run can use: the batch methods of the edit registry (ROME is a library function)."""
+    from mkejax.edit import available
+
+    return available()
+
+
+def merge_methods() -> tuple[str, ...]:
+    """The merge methods of the merge registry."""
+    from mkejax.merge import available
+
+    return available()
+
+
+def _check_choice(value: str, choices: tuple[str, ...], field: str) -> None:
+    _check(
+        value in choices, f"{field}: {value!r} is not one of {', '.join(choices)}{suggest(value, choices)}"
+    )
 
 
 class ExperimentConfigError(SchemaError):
@@ -112,35 +124,6 @@ class MeshSection:
 
 
 @dataclasses.dataclass(frozen=True)
-class StatisticsSection:
-    """The sample of the key second moments C = E[k kᵀ] (MEMIT ``layer_stats``).
-
-    Attributes:
-      corpus: where the text comes from (`mkejax.data.corpus.CorpusSpec`: kind ``hf`` / ``files`` /
-        ``dataset_build``, its languages, mixing weights, paths or dataset name and config).
-      samples: documents in the sample (MEMIT: 100,000 Wikipedia articles); None: limited by ``tokens`` only.
-      tokens: a cap on the tokens in the sample; None: limited by ``samples`` only.
-      max_length: tokens per document after truncation; None: the model's context length.
-      batch_size: documents per statistics step.
-    """
-
-    corpus: CorpusSpec
-    samples: int | None = 100_000
-    tokens: int | None = None
-    max_length: int | None = None
-    batch_size: int = 8
-
-    def __post_init__(self):
-        _check(self.samples is not None or self.tokens is not None, "statistics need samples or tokens")
-        _check(
-            self.samples is None or self.samples >= 1, f"statistics.samples must be >= 1, got {self.samples}"
-        )
-        _check(self.tokens is None or self.tokens >= 1, f"statistics.tokens must be >= 1, got {self.tokens}")
-        _check(self.max_length is None or self.max_length >= 2, "statistics.max_length must be >= 2")
-        _check(self.batch_size >= 1, f"statistics.batch_size must be >= 1, got {self.batch_size}")
-
-
-@dataclasses.dataclass(frozen=True)
 class DataSection:
     """The edit requests.
 
@@ -172,17 +155,21 @@ class EditSection:
     """The edit method and its hyperparameters.
 
     Attributes:
-      method: memit | alphaedit (ROME, one request at a time, is :func:`mkejax.edit.rome_edit`).
+      method: a registered batch edit method (``mkejax.edit.available()``: memit, alphaedit, emmet); ROME, one
+        request at a time, is the library function :func:`mkejax.edit.rome_edit`.
       preset: a preset name in ``configs/hparams/<method>.yaml``.
       overrides: hyperparameter fields replacing the preset's (e.g. ``{mom2_update_weight: 20000}``).
     """
 
-    method: EditMethod
+    method: str
     preset: str
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
+    def __post_init__(self):
+        _check_choice(self.method, edit_methods(), "edit.method")
+
     def hparams(self):
-        """The hyperparameter dataclass (preset + overrides); raises `HparamsError` naming bad keys."""
+        """The :class:`~mkejax.edit.EditHparams` (preset + overrides); raises `HparamsError` naming bad keys."""
         from mkejax.edit.hparams import load_preset
 
         return load_preset(self.method, self.preset, **self.overrides)
@@ -192,8 +179,11 @@ class EditSection:
 class MergeVariant:
     """One merge: ``method`` over the per-language edit vectors, solved with own or shared covariance."""
 
-    method: MergeMethod
+    method: str
     shared_cov: bool = False
+
+    def __post_init__(self):
+        _check_choice(self.method, merge_methods(), "merge.variants.method")
 
     @property
     def name(self) -> str:
@@ -275,7 +265,7 @@ class ExperimentConfig:
 
     name: str
     model: ModelSection
-    statistics: StatisticsSection
+    statistics: StatsSpec
     edit: EditSection
     data: DataSection = DataSection()
     merge: MergeSection = MergeSection()
@@ -326,89 +316,38 @@ def expand_vars(text: str, where: str) -> str:
     return _VAR.sub(sub, text)
 
 
-# ---------------------------------------------------------------------------------------------------- overrides
-def _parse_override(item: str) -> tuple[list[str], str]:
-    key, sep, text = item.partition("=")
-    parts = key.strip().split(".")
-    if not sep or not all(parts):
-        raise ExperimentConfigError(f"--set {item!r}: expected KEY.PATH=VALUE")
-    return parts, text
-
-
-def _override_value(tp, text: str, where: str):
-    """The YAML-parsed ``text`` adjusted to the field type (strings stay strings, ``a,b`` lists for tuples)."""
-    try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError as e:
-        raise ExperimentConfigError(f"--set {where}: cannot parse {text!r} as YAML ({e})") from None
-    inner, optional = strip_optional(tp)
-    if value is None and optional:
-        return None
-    if inner is str and not isinstance(value, str):
-        return text
-    if typing.get_origin(inner) is tuple and isinstance(value, str) and "," in value:
-        return [yaml.safe_load(v) for v in value.split(",")]
-    return value
-
-
-def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """``raw`` (plain config data) with ``a.b=value`` overrides applied; keys are checked against the schema."""
-    out = yaml.safe_load(yaml.safe_dump(dict(raw)))  # a deep copy of plain data
-    for item in overrides:
-        parts, text = _parse_override(item)
-        tp: Any = ExperimentConfig
-        default: Any = None  # the default value of the field being descended into
-        node = out
-        for i, part in enumerate(parts):
-            where = ".".join(parts[: i + 1])
-            last = i == len(parts) - 1
-            inner, _ = strip_optional(tp)
-            if is_dataclass_type(inner):
-                hints = typing.get_type_hints(inner)
-                if part not in hints:
-                    prefix = ".".join(parts[:i]) + "." if i else ""
-                    raise ExperimentConfigError(
-                        f"--set: unknown key '{where}'{suggest(part, hints, prefix)}"
-                    )
-                tp = hints[part]
-                default = field_default(inner, part)
-            elif typing.get_origin(inner) is tuple:
-                if not part.isdigit():
-                    raise ExperimentConfigError(f"--set {where}: '{part}' is not an index into a list")
-                tp, default = typing.get_args(inner)[0], None
-                part = int(part)
-                if not isinstance(node, list) or part >= len(node):
-                    raise ExperimentConfigError(f"--set {where}: index {part} out of range")
-            elif typing.get_origin(inner) in (Mapping, dict) or inner is Any:
-                args = typing.get_args(inner)
-                tp, default = (args[1] if args else Any), None
-            else:
-                raise ExperimentConfigError(f"--set {where}: '{'.'.join(parts[:i])}' has no sub-keys")
-            if last:
-                node[part] = _override_value(tp, text, where)
-            else:
-                child = node[part] if isinstance(node, list) else node.get(part)
-                if child is None:  # not in the YAML: start from the field's default so siblings keep it
-                    child = canonical(default) if default is not None else {}
-                    node[part] = child
-                node = child
-    return out
-
-
 # -------------------------------------------------------------------------------------------------- public API
 def config_from_dict(
     raw: Mapping[str, Any], *, overrides: Iterable[str] = (), source: str = "<config>"
 ) -> ExperimentConfig:
-    """Builds an `ExperimentConfig` from plain data (as YAML gives it) plus ``--set`` overrides.
+    """Builds and validates an `ExperimentConfig` from plain data (as YAML gives it) plus ``--set`` overrides.
+
+    Validation is everything a run checks before it loads a model (``mkejax config`` and ``mkejax run`` check the
+    same): keys, types, finite numbers, ranges, languages, registered methods, and the edit preset with its
+    overrides (:func:`validate`).
 
     Raises:
       ExperimentConfigError: unknown/missing keys, wrong types, invalid values; the message starts with
         ``source`` and names the dotted key.
     """
     try:
-        return build(ExperimentConfig, apply_overrides(raw, overrides), "")
+        config = build(ExperimentConfig, apply_overrides(ExperimentConfig, raw, overrides), "")
+        validate(config)
     except SchemaError as e:
         raise ExperimentConfigError(f"{source}: {e}") from None
+    return config
+
+
+def validate(config: ExperimentConfig) -> None:
+    """The checks that need more than one section: the edit preset with its overrides (read from
+    ``configs/hparams``); raises :class:`ExperimentConfigError` naming ``edit.preset`` / ``edit.overrides``."""
+    from mkejax.edit.hparams import HparamsError
+
+    try:
+        config.edit.hparams()
+    except HparamsError as e:
+        key = "edit.overrides" if config.edit.overrides and "no preset" not in str(e) else "edit.preset"
+        raise ExperimentConfigError(f"{key}: {e}") from None
 
 
 def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> ExperimentConfig:

@@ -59,7 +59,6 @@ def merged_params(run_dir: str | os.PathLike, variant: str) -> tuple[dict, objec
 
     from mkejax.merge import apply
     from mkejax.models import load_model
-    from mkejax.models.llama import down_proj_path
 
     run_dir = pathlib.Path(run_dir)
     config = run_config(run_dir)
@@ -81,7 +80,7 @@ def merged_params(run_dir: str | os.PathLike, variant: str) -> tuple[dict, objec
     tree, meta = loaded
     info["from"] = f"base model + merged/{job.tag} ({meta['fingerprint'][:12]})"
     model = load_model(config.model.source, dtype=config.model.dtype)
-    delta = {down_proj_path(int(l)): d for l, d in tree["deltas"].items()}
+    delta = dict(tree["deltas"])  # {down_proj name: ΔW}
     return nnx.to_pure_dict(apply(nnx.state(model), delta)), config, info
 
 

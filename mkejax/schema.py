@@ -19,6 +19,8 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
+import yaml
+
 
 class SchemaError(ValueError):
     """Plain data that does not fit a dataclass; the message names the dotted key."""
@@ -53,6 +55,17 @@ def strip_optional(tp) -> tuple[Any, bool]:
 
 def type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def to_data(obj: Any) -> Any:
+    """Plain YAML data of a value: dataclasses as dicts of their fields, tuples as lists, mappings as dicts."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_data(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {str(k): to_data(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_data(v) for v in obj]
+    return obj
 
 
 def field_default(cls, name: str) -> Any:
@@ -167,3 +180,71 @@ def build(cls, raw, where: str = ""):
         raise SchemaError(
             message if where and message.startswith(where) else f"{where or '<top>'}: {e}"
         ) from None
+
+
+# ----------------------------------------------------------------------------------------- --set overrides
+def parse_override(item: str) -> tuple[list[str], str]:
+    key, sep, text = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise SchemaError(f"--set {item!r}: expected KEY.PATH=VALUE")
+    return parts, text
+
+
+def override_value(tp, text: str, where: str):
+    """The YAML-parsed ``text`` adjusted to the field type (strings stay strings, ``a,b`` lists for tuples)."""
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as e:
+        raise SchemaError(f"--set {where}: cannot parse {text!r} as YAML ({e})") from None
+    inner, optional = strip_optional(tp)
+    if value is None and optional:
+        return None
+    if inner is str and not isinstance(value, str):
+        return text
+    if typing.get_origin(inner) is tuple and isinstance(value, str) and "," in value:
+        return [yaml.safe_load(v) for v in value.split(",")]
+    return value
+
+
+def apply_overrides(root, raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """``raw`` (plain data of dataclass ``root``) with ``a.b=value`` overrides applied, each value parsed as YAML and
+    typed by the field it sets; keys are checked against the schema."""
+    out = yaml.safe_load(yaml.safe_dump(dict(raw)))  # a deep copy of plain data
+    for item in overrides:
+        parts, text = parse_override(item)
+        tp: Any = root
+        default: Any = None  # the default value of the field being descended into
+        node = out
+        for i, part in enumerate(parts):
+            where = ".".join(parts[: i + 1])
+            last = i == len(parts) - 1
+            inner, _ = strip_optional(tp)
+            if is_dataclass_type(inner):
+                hints = typing.get_type_hints(inner)
+                if part not in hints:
+                    prefix = ".".join(parts[:i]) + "." if i else ""
+                    raise SchemaError(f"--set: unknown key '{where}'{suggest(part, hints, prefix)}")
+                tp = hints[part]
+                default = field_default(inner, part)
+            elif typing.get_origin(inner) is tuple:
+                if not part.isdigit():
+                    raise SchemaError(f"--set {where}: '{part}' is not an index into a list")
+                tp, default = typing.get_args(inner)[0], None
+                part = int(part)
+                if not isinstance(node, list) or part >= len(node):
+                    raise SchemaError(f"--set {where}: index {part} out of range")
+            elif typing.get_origin(inner) in (Mapping, dict) or inner is Any:
+                args = typing.get_args(inner)
+                tp, default = (args[1] if args else Any), None
+            else:
+                raise SchemaError(f"--set {where}: '{'.'.join(parts[:i])}' has no sub-keys")
+            if last:
+                node[part] = override_value(tp, text, where)
+            else:
+                child = node[part] if isinstance(node, list) else node.get(part)
+                if child is None:  # not in the YAML: start from the field's default so siblings keep it
+                    child = to_data(default) if default is not None else {}
+                    node[part] = child
+                node = child
+    return out

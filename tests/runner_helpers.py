@@ -51,7 +51,7 @@ def tiny_presets(folder: pathlib.Path, monkeypatch):
     from mkejax.edit import hparams
 
     folder.mkdir(parents=True, exist_ok=True)
-    for method in ("memit", "alphaedit", "rome"):
+    for method in ("memit", "alphaedit", "emmet", "rome"):
         shipped = hparams.PRESET_DIR / f"{method}.yaml"
         data = yaml.safe_load(shipped.read_text()) if shipped.is_file() else {}
         if method == "memit":
@@ -104,15 +104,23 @@ def copy_run(src: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:
 _BASE: dict = {}
 
 
+class Loaded:
+    """The model and tokenizer of a run's config, for tests that recompute something directly."""
+
+    def __init__(self, cfg):
+        from mkejax.models import load_model, load_tokenizer
+
+        self.model, self.tokenizer = load_model(cfg.model.source), load_tokenizer(cfg.model.source)
+
+
 def shared_base(root: pathlib.Path, checkpoint: pathlib.Path):
     """The first run of the tiny experiment, made once per test session (any test module may ask first):
-    ``(config, summary, results CSV text, runner)``. Tests that change it work on a copy (:func:`copy_run`).
-    Call it with the presets of :func:`tiny_presets` active."""
-    from mkejax.runner import RESULTS, Runner
+    ``(config, summary, results CSV text, loaded model)``. Tests that change it work on a copy
+    (:func:`copy_run`). Call it with the presets of :func:`tiny_presets` active."""
+    from mkejax.runner import RESULTS, run
 
     if "run" not in _BASE:
         cfg = config(checkpoint, write_corpus(root / "corpus"), root / "base")
-        runner = Runner(cfg, progress=False)
-        summary = runner.run()
-        _BASE["run"] = (cfg, summary, (cfg.run_dir / RESULTS / "results.csv").read_text(), runner)
+        summary = run(cfg, progress=False)
+        _BASE["run"] = (cfg, summary, (cfg.run_dir / RESULTS / "results.csv").read_text(), Loaded(cfg))
     return _BASE["run"]

@@ -1,5 +1,7 @@
 """Experiment configs: shipped files load, typos are named with a suggestion, --set overrides are typed, bad types
-and values are rejected; the run directory refuses another experiment's directory."""
+and values are rejected with their dotted key (presets and their overrides too, non-finite numbers, methods checked
+against the registries); the run record is written only for a valid config and keeps every config; the run
+directory refuses another experiment's directory."""
 
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ MINIMAL = {
     "name": "t",
     "model": {"source": "some/model"},
     "statistics": {"corpus": {"kind": "dataset_build"}, "tokens": 1000},
-    "edit": {"method": "memit", "preset": "p"},
+    "edit": {"method": "memit", "preset": "tiny-llama"},
 }
 
 
@@ -113,10 +115,18 @@ def test_typo_in_a_file_names_the_file(tmp_path):
         ({"data": {"subject": {"rules": ["skip", "exact"]}}}, r"data\.subject: terminal rule 'skip' must be the last"),
         ({"evaluation": {"protocols": ["merged", "elfo"]}}, r"'elfo' is not one of pre_edit, merged, cross_lingual"),
         ({"mesh": {"lang": -1, "data": -1}}, r"at most one mesh axis may be -1"),
-        ({"statistics": {"corpus": {"kind": "dataset_build"}, "samples": None}}, r"statistics need samples or tokens"),
+        ({"statistics": {"corpus": {"kind": "dataset_build"}, "tokens": 0}}, r"statistics\.tokens must be >= 1 or null"),
+        ({"merge": {"alphas": [float("inf")]}}, r"merge\.alphas\[0\]: must be a finite number, got inf"),
+        ({"merge": {"alphas": [float("nan")]}}, r"merge\.alphas\[0\]: must be a finite number, got nan"),
+        ({"merge": {"language_weights": {"en": float("nan")}}}, r"merge\.language_weights\.en: must be a finite"),
+        ({"edit": {"method": "memit", "preset": "nope"}}, r"edit\.preset: .*memit\.yaml: no preset 'nope'"),
+        ({"edit": {"method": "memit", "preset": "tiny-llama", "overrides": {"momentum": 1}}},
+         r"edit\.overrides: .*tiny-llama: unknown keys \['momentum'\]"),
+        ({"edit": {"method": "memit", "preset": "tiny-llama", "overrides": {"v_num_grad_steps": "three"}}},
+         r"edit\.overrides: .*tiny-llama: v_num_grad_steps: expected int, got str 'three'"),
         ({"statistics": {"corpus": {"kind": "hf"}, "tokens": 5}}, r"statistics\.corpus: an 'hf' corpus needs a dataset name"),
         ({"edit": {"method": "memit"}}, r"missing key 'edit\.preset'"),
-        ({"edit": {"method": "rome", "preset": "tiny-llama"}}, r"edit\.method: 'rome' is not one of memit, alphaedit"),
+        ({"edit": {"method": "rome", "preset": "tiny-llama"}}, r"edit\.method: 'rome' is not one of alphaedit, emmet, memit"),
         ({"name": "a b"}, r"name 'a b'"),
         ({"merge": {"variants": [{"method": "sum"}, {"method": "sum", "shared_cov": False}]}}, r"repeated variant"),
         ({"model": "gpt"}, r"model: expected a mapping, got str"),
@@ -166,6 +176,10 @@ def test_set_overrides_are_typed():
         ("merge.variants.x.method=sum", r"'x' is not an index"),
         ("noequals", r"expected KEY\.PATH=VALUE"),
         ("merge.alphas=[1, 2", r"cannot parse"),
+        ("merge.alphas=.inf", r"merge\.alphas\[0\]: must be a finite number"),
+        ("edit.preset=nope", r"edit\.preset: .*no preset 'nope'"),
+        ("edit.overrides.v_num_grad_steps=three", r"edit\.overrides: .*v_num_grad_steps: expected int"),
+        ("edit.overrides.momentum=3", r"edit\.overrides: .*unknown keys \['momentum'\]"),
     ],
 )
 def test_bad_overrides(override, match):
@@ -201,6 +215,9 @@ def test_merged_names():
     assert merged_name(MergeVariant("tsvm", True), 1.5, 0.1) == "merged/tsvm_shared_a1.5_r0.1"
     assert merged_name(MergeVariant("tsvm", False), 1.0, None) == "merged/tsvm_own_a1_rdefault"
     assert merged_name(MergeVariant("sum", True), 1.25, 0.1) == "merged/sum_shared_a1.25"
+    # every distinct α and rank ratio has its own name (1.0 and 1.0000004 once shared "a1")
+    assert merged_name(MergeVariant("sum", True), 1.0000004) == "merged/sum_shared_a1.0000004"
+    assert merged_name(MergeVariant("tsvm", True), 1.0, 0.1000001) != merged_name(MergeVariant("tsvm", True), 1.0, 0.1)
 
 
 def _cfg(tmp_path, name="t", *overrides) -> ExperimentConfig:
@@ -223,6 +240,10 @@ def test_run_dir_identity(tmp_path, caplog):
         info["config_hash"] == changed.config_hash()
         and info["history"][0]["config_hash"] == cfg.config_hash()
     )
+    # every config that produced artefacts is kept
+    kept = {p.name for p in (run / "configs").iterdir()}
+    assert kept == {f"{cfg.config_hash()[:16]}.yaml", f"{changed.config_hash()[:16]}.yaml"}
+    assert yaml.safe_load((run / info["history"][0]["config"]).read_text()) == cfg.to_dict()
     with pytest.raises(RunDirError, match="belongs to experiment 't'"):
         prepare_run_dir(_cfg(tmp_path, "other"))
 
@@ -237,14 +258,15 @@ def test_run_dir_refuses_foreign_directories(tmp_path):
         prepare_run_dir(_cfg(tmp_path))
 
 
-def test_merge_methods_match_the_registry():
-    import typing
+def test_methods_are_the_registries():
+    """Configs accept exactly the registered methods (no hand-written lists)."""
+    from mkejax.config import edit_methods, merge_methods
+    from mkejax.edit import available as edit_available
+    from mkejax.merge import available as merge_available
 
-    from mkejax.config import MERGE_METHODS
-    from mkejax.merge import available
-
-    assert set(MERGE_METHODS) == set(available())
-    assert set(typing.get_args(typing.get_type_hints(MergeVariant)["method"])) == set(MERGE_METHODS)
+    assert merge_methods() == merge_available() and edit_methods() == edit_available()
+    for method in merge_available():
+        assert config_from_dict({**MINIMAL, "merge": {"variants": [{"method": method}]}}).merge.variants[0].method == method
 
 
 def test_wheel_ships_configs_and_presets(tmp_path):

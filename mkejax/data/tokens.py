@@ -145,7 +145,7 @@ def token_batches(
             mask[r, : len(chunk)] = 1
         left = limit - produced
         if int(mask.sum()) > left:  # last batch: keep exactly `left` tokens, row-major
-            mask.reshape(-1)[np.flatnonzero(mask.reshape(-1))[int(left):]] = 0
+            mask.reshape(-1)[np.flatnonzero(mask.reshape(-1))[int(left) :]] = 0
         langs = tuple(lang for lang, _ in rows) + ("",) * (size[bucket] - len(rows))
         pending[bucket] = []
         batch = TokenBatch(input_ids=ids, attention_mask=mask, langs=langs)
@@ -179,7 +179,9 @@ def token_batches(
                         logger.info("token budget of %d tokens reached after %d documents; the rest of the "
                                     "corpus is not used", total_tokens, documents)  # fmt: skip
                         return
-    for bucket in buckets:  # the texts ran out (or the document limit was reached): flush partly filled buckets
+    for (
+        bucket
+    ) in buckets:  # the texts ran out (or the document limit was reached): flush partly filled buckets
         if pending[bucket]:
             yield emit(bucket)
             if produced == limit:

@@ -10,8 +10,9 @@ import pathlib
 
 import pandas as pd
 
+from mkejax.atomic import atomic_write_text
 from mkejax.config import ExperimentConfig
-from mkejax.runner.rundir import PLOTS, REPORT, RESULTS, _write_atomic
+from mkejax.runner.rundir import PLOTS, REPORT, RESULTS
 
 _METRIC_LABEL = {"reliability": "Rel.", "generality": "Gen.", "locality": "Loc.", "portability": "Port."}
 
@@ -179,7 +180,7 @@ def write_run_report(
     ]
     if results["edit_lang"].isin([MERGED, BASELINE]).any():
         table = markdown_table(results, languages=langs)
-        _write_atomic(run_dir / RESULTS / "table.md", table)
+        atomic_write_text(run_dir / RESULTS / "table.md", table)
         lines += [
             "## Merged multilingual edits",
             "",
@@ -196,5 +197,5 @@ def write_run_report(
     lines += _diagnostics(run_dir)
     lines += _timings(run_dir, summary)
     path = run_dir / REPORT
-    _write_atomic(path, "\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
     return path

@@ -13,14 +13,16 @@ from collections.abc import Callable
 
 import yaml
 
+from mkejax.atomic import atomic_write_text
 from mkejax.checkpoint import settings_diff
 from mkejax.config import ExperimentConfig, MergeVariant
 from mkejax.distributed import barrier, is_main_process
+from mkejax.runner.lock import LOCK_FILE
 
 logger = logging.getLogger("mkejax.runner")
 
 RUN_FILE, CONFIG_FILE = "run.json", "config.yaml"
-ARTEFACTS, RESULTS, PLOTS, REPORT = "artefacts", "results", "plots", "report.md"
+ARTEFACTS, RESULTS, PLOTS, REPORT, CONFIGS = "artefacts", "results", "plots", "report.md", "configs"
 
 
 class RunDirError(ValueError):
@@ -29,7 +31,11 @@ class RunDirError(ValueError):
 
 # ------------------------------------------------------------------------------------------------ artefact names
 def _num(x: float | None) -> str:
-    return "default" if x is None else f"{x:g}"
+    """A name part that tells every distinct value apart: the shortest repr that round-trips (1, 1.5, 1.0000004)."""
+    if x is None:
+        return "default"
+    text = repr(float(x))
+    return text.removesuffix(".0")
 
 
 def stats_name(layer: int) -> str:
@@ -119,15 +125,6 @@ def job_from_tag(config: ExperimentConfig, tag: str) -> MergeJob:
 
 
 # ---------------------------------------------------------------------------------------------------- identity
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
@@ -181,7 +178,11 @@ def prepare_run_dir(config: ExperimentConfig, *, log: Callable[[str], None] | No
     run_dir = config.run_dir
     new_hash = config.config_hash()
     info = read_run_info(run_dir)
-    if info is None and run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+    if (
+        info is None
+        and run_dir.exists()
+        and (not run_dir.is_dir() or any(p.name != LOCK_FILE for p in run_dir.iterdir()))
+    ):
         raise RunDirError(
             f"{run_dir} exists and is not a mkejax run directory (no {RUN_FILE}); choose another output_dir, "
             "e.g. --set output_dir=runs/{name}-2"
@@ -203,11 +204,14 @@ def prepare_run_dir(config: ExperimentConfig, *, log: Callable[[str], None] | No
             "artefacts whose inputs changed will be recomputed"
         )
     if is_main_process():
-        for sub in (ARTEFACTS, RESULTS, PLOTS):
+        for sub in (ARTEFACTS, RESULTS, PLOTS, CONFIGS):
             (run_dir / sub).mkdir(parents=True, exist_ok=True)
+        # Every config that produced artefacts here is kept (artefact metadata names its config hash).
+        atomic_write_text(run_dir / CONFIGS / f"{new_hash[:16]}.yaml", config.to_yaml())
         history = [] if info is None else list(info.get("history", []))
         if info is not None and info["config_hash"] != new_hash:
-            history.append({"config_hash": info["config_hash"], "until": _now()})
+            history.append({"config_hash": info["config_hash"], "until": _now(),
+                            "config": f"{CONFIGS}/{info['config_hash'][:16]}.yaml"})  # fmt: skip
         record = {
             "name": config.name,
             "config_hash": new_hash,
@@ -215,7 +219,7 @@ def prepare_run_dir(config: ExperimentConfig, *, log: Callable[[str], None] | No
             "updated": _now(),
             "history": history,
         }
-        _write_atomic(run_dir / CONFIG_FILE, config.to_yaml())
-        _write_atomic(run_dir / RUN_FILE, json.dumps(record, indent=1))
+        atomic_write_text(run_dir / CONFIG_FILE, config.to_yaml())
+        atomic_write_text(run_dir / RUN_FILE, json.dumps(record, indent=1))
     barrier(f"mkejax-run-dir:{run_dir}")
     return run_dir

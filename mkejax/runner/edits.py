@@ -1,0 +1,183 @@
+"""The edit stage: context templates, target values, the method's per-layer statistics and the per-language edit
+sets with own and shared covariance, each an artefact with one settings function.
+
+- ``templates/<lang>`` (JSON): generated context templates of a language (:func:`template_settings`).
+- ``targets/<langs>``: every language's target values, optimised once for both covariance modes and every method
+  and λ (:func:`targets_settings`).
+- ``projections/layer<l>``: the method's prepared statistics when they cost something (AlphaEdit's null-space
+  projectors; :func:`aux_settings`), shared by runs with the same statistics and τ.
+- ``edits/<own|shared>_<langs>``: {down_proj name: ΔW [L, D, F]} and the keys [L, F, n] each solve used, the
+  request mask, and per-request diagnostics in the metadata (:func:`edit_settings`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from mkejax.checkpoint import canonical, fingerprint
+from mkejax.runner.rundir import edit_name, targets_name
+
+
+def template_settings(ctx, lang: str) -> dict:
+    from mkejax.edit.templates import template_settings as settings
+
+    return settings(ctx.model, ctx.tokenizer, ctx.hparams.templates, lang)
+
+
+def templates(ctx) -> dict:
+    """{language: ContextTemplates} (fixed ones as they are; generated ones from ``templates/<lang>``)."""
+    if "templates" in ctx.memo:
+        return ctx.memo["templates"]
+    from mkejax.edit import ContextTemplates, context_templates
+
+    spec, out = ctx.hparams.templates, {}
+    for lang in ctx.languages:
+        if spec.fixed is not None:
+            out[lang] = ContextTemplates.fixed(spec.fixed)
+            continue
+        groups, _ = ctx.store.get_or_compute_json(
+            f"templates/{lang}", template_settings(ctx, lang),
+            lambda lang=lang: context_templates(ctx.model, ctx.tokenizer, spec, lang=lang).groups,
+        )  # fmt: skip
+        out[lang] = ContextTemplates(tuple(tuple(g) for g in groups))
+    ctx.memo["templates"] = out
+    return out
+
+
+def targets_settings(ctx) -> dict:
+    hp = ctx.hparams
+    return {
+        "kind": "targets",
+        "version": 2,  # 2: the reference's KL direction, decay norm and total-loss stop
+        "model": ctx.model_digest,
+        "tokenizer": ctx.tokenizer_digest,
+        "target_hparams": canonical(hp.target_hparams()),
+        "edit_layer": hp.edit_layer,
+        "templates": {lang: canonical(t.groups) for lang, t in templates(ctx).items()},
+        "kl_prompt": hp.kl_prompt,  # the KL row of every request's batch
+        "languages": list(ctx.languages),
+        "requests": ctx.request_digests,
+    }
+
+
+def targets(ctx) -> dict:
+    """{language: Targets} of every language's requests (:func:`mkejax.edit.language_targets`)."""
+    if "targets" in ctx.memo:
+        return ctx.memo["targets"]
+    from mkejax.edit import Targets, language_targets
+
+    def compute():
+        found = language_targets(ctx.model, ctx.tokenizer, ctx.requests, ctx.hparams, mesh=ctx.mesh,
+                                 templates=templates(ctx), progress=ctx.progress)  # fmt: skip
+        if not found:
+            raise ValueError(
+                "nothing to edit: every request of every language was skipped by the subject policy "
+                f"(data.subject: {ctx.config.data.subject}); see the coverage table with -v"
+            )
+        return {lang: dataclasses.asdict(t) for lang, t in found.items()}
+
+    tree, _ = ctx.store.get_or_compute(targets_name(ctx.languages), targets_settings(ctx), compute)
+    ctx.memo["targets"] = {
+        lang: Targets(**{k: np.asarray(v) for k, v in t.items()}) for lang, t in tree.items()
+    }
+    return ctx.memo["targets"]
+
+
+def aux_settings(ctx, layer: int) -> dict:
+    from mkejax.runner.statistics import statistics
+
+    method = ctx.hparams.edit_method()
+    return {"kind": "method_statistics", "version": 1, "stats": statistics(ctx).fingerprints[layer], "layer": layer,
+            **method.prepare_key()}  # fmt: skip
+
+
+def method_aux(ctx) -> dict | None:
+    """The method's statistics per layer when preparing them costs something (cached), else None (the engine
+    takes C as it is)."""
+    from mkejax.edit import method_statistics
+    from mkejax.models.deltas import down_proj_path
+    from mkejax.runner.statistics import statistics
+
+    method = ctx.hparams.edit_method()
+    if not method.kernel.prepare_hparams:
+        return None
+    if "aux" not in ctx.memo:
+        stats, out = statistics(ctx), {}
+        for layer in ctx.hparams.layers:
+            name = down_proj_path(layer)
+            out[name], _ = ctx.store.get_or_compute(
+                f"projections/layer{layer}", aux_settings(ctx, layer),
+                lambda layer=layer, name=name: method_statistics(method, stats, (layer,))[name],
+            )  # fmt: skip
+        ctx.memo["aux"] = out
+    return ctx.memo["aux"]
+
+
+def edit_settings(ctx, shared_cov: bool) -> dict:
+    from mkejax.runner.statistics import statistics
+
+    stats = statistics(ctx)
+    return {
+        "kind": "edit_set",
+        "version": 2,
+        "model": ctx.model_digest,
+        "tokenizer": ctx.tokenizer_digest,
+        "hparams": canonical(ctx.hparams),
+        "stats": {str(l): stats.fingerprints[l] for l in ctx.hparams.layers},
+        "targets": fingerprint(targets_settings(ctx)),
+        "languages": list(ctx.languages),
+        "requests": ctx.request_digests,
+        "shared_cov": bool(shared_cov),
+    }
+
+
+def edit_set(ctx, shared_cov: bool):
+    """The per-language :class:`~mkejax.edit.EditSet` with own or shared covariance (``edits/...``)."""
+    key = ("edits", bool(shared_cov))
+    if key in ctx.memo:
+        return ctx.memo[key]
+    from mkejax.edit import EditSet, RequestDiagnostics, edit_languages
+    from mkejax.runner.statistics import statistics
+
+    made: dict = {}
+
+    def compute():
+        result = edit_languages(
+            ctx.model, ctx.tokenizer, ctx.requests, ctx.hparams, statistics(ctx), shared_cov=shared_cov,
+            mesh=ctx.mesh, templates=templates(ctx), targets=targets(ctx), aux=method_aux(ctx),
+        )  # fmt: skip
+        made["diagnostics"] = {
+            lang: [canonical(d) for d in result.diagnostics[lang]] for lang in result.languages
+        }
+        return {"deltas": dict(result.deltas), "keys": dict(result.keys), "mask": result.mask}
+
+    settings = edit_settings(ctx, shared_cov)
+    name = edit_name(ctx.languages, shared_cov)
+    tree, cached = ctx.store.get_or_compute(
+        name, settings, compute, metadata=lambda: {"languages": list(ctx.languages), **made}
+    )
+    diags = made.get("diagnostics")
+    if cached:
+        diags = (ctx.store.metadata(name) or {}).get("diagnostics", {})
+    diagnostics = {
+        lang: tuple(RequestDiagnostics(**d) for d in diags.get(lang, [])) for lang in ctx.languages
+    }
+    edits = EditSet(tree["deltas"], ctx.languages, ctx.hparams, diagnostics, bool(shared_cov), tree["keys"],
+                    tree["mask"])  # fmt: skip
+    ctx.memo[key] = (edits, fingerprint(settings))
+    return ctx.memo[key]
+
+
+def needed_edit_modes(ctx) -> tuple[bool, ...]:
+    """Covariance modes the merges and protocols need: False = own, True = shared."""
+    modes = {v.shared_cov for v in ctx.config.merge.variants}
+    if "cross_lingual" in ctx.config.evaluation.protocols:
+        modes.add(False)
+    return tuple(sorted(modes))
+
+
+def edits(ctx) -> None:
+    for mode in ctx.bar(needed_edit_modes(ctx), "edits"):
+        edit_set(ctx, mode)
