@@ -26,7 +26,7 @@ _EXPORTS = {
     "SubjectPolicy": "mkejax.data",
     # editing
     "key_statistics": "mkejax.edit",
-    "load_preset": "mkejax.edit",
+    "load_preset": "mkejax.presets",
     "solve_memit": "mkejax.edit",
     "solve_alphaedit": "mkejax.edit",
     "nullspace_projection": "mkejax.edit",

@@ -170,7 +170,7 @@ class EditSection:
 
     def hparams(self):
         """The :class:`~mkejax.edit.EditHparams` (preset + overrides); raises `HparamsError` naming bad keys."""
-        from mkejax.edit.hparams import load_preset
+        from mkejax.presets import load_preset
 
         return load_preset(self.method, self.preset, **self.overrides)
 

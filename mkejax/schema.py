@@ -16,7 +16,7 @@ import pathlib
 import re
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 import yaml
@@ -24,6 +24,34 @@ import yaml
 
 class SchemaError(ValueError):
     """Plain data that does not fit a dataclass; the message names the dotted key."""
+
+
+class FrozenMapping(Mapping):
+    """A hashable, immutable mapping (the method hyperparameters of a frozen, hashable :class:`EditHparams`)."""
+
+    def __init__(self, items: Mapping[str, Any] | None = None):
+        self._items = tuple(sorted(dict(items or {}).items()))
+
+    def __getitem__(self, key):
+        for k, v in self._items:
+            if k == key:
+                return v
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, _ in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(self._items)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Mapping) and dict(self) == dict(other)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
 
 
 def configs_dir() -> pathlib.Path:

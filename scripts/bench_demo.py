@@ -42,7 +42,7 @@ def main() -> int:
     from mkejax.runner import run
 
     if args.hparams_dir:
-        from mkejax.edit import hparams
+        from mkejax import presets as hparams
 
         hparams.PRESET_DIR = pathlib.Path(args.hparams_dir)
     imports = time.perf_counter() - start

@@ -93,8 +93,8 @@ def main():
         import os
 
         from mkejax.data import load_mzsre
-        from mkejax.edit import load_preset
         from mkejax.models import DEFAULT_MODEL, load_model
+        from mkejax.presets import load_preset
 
         os.environ.setdefault("MKEJAX_DATA", str(REPO.parent / "shared" / "data"))
         model, tok = load_model(DEFAULT_MODEL), load_tokenizer(DEFAULT_MODEL)

@@ -39,10 +39,10 @@ def build_tiny(folder: pathlib.Path) -> str:
 def worker(args) -> dict:
     import jax
     import numpy as np
+    from mkejax.edit.languages import edit_languages
 
     from mkejax.data import LANGUAGES, load_demo_facts
     from mkejax.edit import KeyStatistics, MemitHparams, TemplateSpec, edit
-    from mkejax.edit.languages import edit_languages
     from mkejax.models import load_model, load_tokenizer
 
     model, tok = load_model(args.source), load_tokenizer(args.source)

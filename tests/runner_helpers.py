@@ -48,7 +48,7 @@ def write_corpus(folder: pathlib.Path, texts: list[str] = SENTENCES) -> str:
 @contextlib.contextmanager
 def tiny_presets(folder: pathlib.Path, monkeypatch):
     """Hyperparameter presets for the tiny model: the shipped preset files plus ``runner-test``."""
-    from mkejax.edit import hparams
+    from mkejax import presets as hparams
 
     folder.mkdir(parents=True, exist_ok=True)
     for method in ("memit", "alphaedit", "emmet", "rome"):

@@ -217,7 +217,9 @@ def test_merged_names():
     assert merged_name(MergeVariant("sum", True), 1.25, 0.1) == "merged/sum_shared_a1.25"
     # every distinct α and rank ratio has its own name (1.0 and 1.0000004 once shared "a1")
     assert merged_name(MergeVariant("sum", True), 1.0000004) == "merged/sum_shared_a1.0000004"
-    assert merged_name(MergeVariant("tsvm", True), 1.0, 0.1000001) != merged_name(MergeVariant("tsvm", True), 1.0, 0.1)
+    assert merged_name(MergeVariant("tsvm", True), 1.0, 0.1000001) != merged_name(
+        MergeVariant("tsvm", True), 1.0, 0.1
+    )
 
 
 def _cfg(tmp_path, name="t", *overrides) -> ExperimentConfig:
@@ -266,7 +268,12 @@ def test_methods_are_the_registries():
 
     assert merge_methods() == merge_available() and edit_methods() == edit_available()
     for method in merge_available():
-        assert config_from_dict({**MINIMAL, "merge": {"variants": [{"method": method}]}}).merge.variants[0].method == method
+        assert (
+            config_from_dict({**MINIMAL, "merge": {"variants": [{"method": method}]}})
+            .merge.variants[0]
+            .method
+            == method
+        )
 
 
 def test_wheel_ships_configs_and_presets(tmp_path):
@@ -287,7 +294,7 @@ def test_wheel_ships_configs_and_presets(tmp_path):
     with zipfile.ZipFile(wheel) as z:
         z.extractall(tmp_path / "site")
     code = (
-        "import mkejax.config as c, mkejax.edit.hparams as h; "
+        "import mkejax.config as c, mkejax.presets as h; "
         "print(c.CONFIG_DIR); print(c.load_config('demo').edit.preset); "
         "print(h.load_preset('memit', c.load_config('demo').edit.preset).layers)"
     )

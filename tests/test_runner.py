@@ -296,7 +296,10 @@ def test_alphaedit_reuses_statistics_and_targets_and_caches_projections(base, se
     assert {"stats/layer1", "stats/layer2", "targets/en-de-fr"} <= set(summary.cached)
     projections = {"projections/layer1", "projections/layer2"}
     assert _names(summary.recomputed) == {"edits/own_en-de-fr", "edits/shared_en-de-fr"} | projections
-    assert sorted(p.name for p in (cfg.run_dir / "artefacts" / "projections").iterdir()) == ["layer1", "layer2"]
+    assert sorted(p.name for p in (cfg.run_dir / "artefacts" / "projections").iterdir()) == [
+        "layer1",
+        "layer2",
+    ]
     # a later run (a new process: no memory of the first) with another L2 reads P back from disk
     again = setup.config("alphaedit", edit={**edit, "overrides": {**target_fields, "l2": 5.0}})
     summary = run(again, until="edits", progress=False)

@@ -21,15 +21,7 @@ from mkejax.edit.engine import (
     edited_key_gram,
     method_statistics,
 )
-from mkejax.edit.hparams import (
-    EditHparams,
-    HparamsError,
-    TargetHparams,
-    TemplateSpec,
-    hparams_from_dict,
-    list_presets,
-    load_preset,
-)
+from mkejax.edit.hparams import EditHparams, HparamsError, TargetHparams, TemplateSpec, hparams_from_dict
 from mkejax.edit.keys import all_layer_keys, compute_keys, keys_and_outputs
 from mkejax.edit.memit import solve_memit
 from mkejax.edit.registry import EditMethod, Kernel, available, get, hparam_names, register
@@ -82,8 +74,6 @@ __all__ = [
     "key_statistics",
     "keys_and_outputs",
     "language_targets",
-    "list_presets",
-    "load_preset",
     "method_statistics",
     "nullspace_projection",
     "register",

@@ -5,9 +5,9 @@ what every locate-then-edit method shares — the edited layers, the target-valu
 (:class:`TargetHparams`), the KL prompt and the context templates — plus the method's own hyperparameters
 (``solver``: the keyword arguments of its registered factory, e.g. MEMIT's ``mom2_update_weight``).
 
-Presets live in ``configs/hparams/<method>.yaml``: a mapping of preset name -> fields in the reference layout
-(one flat mapping: the method's hyperparameters sit next to the shared fields, as in the MEMIT/AlphaEdit
-hparams files; the comments there say where each number comes from). Field names follow the reference
+Named presets (``configs/hparams/<method>.yaml``, read by :mod:`mkejax.presets`) are one flat mapping per preset
+in the reference layout: the method's hyperparameters sit next to the shared fields, as in the MEMIT/AlphaEdit
+hparams files (the comments there say where each number comes from); :func:`hparams_from_dict` builds them. Field names follow the reference
 implementations (MEMIT: Meng et al. 2023, arXiv 2210.07229; AlphaEdit: Fang et al. 2025, arXiv 2410.02355; ROME:
 Meng et al. 2022, arXiv 2202.05262; EMMET: Gupta et al. 2024, arXiv 2403.14236), so that published settings can
 be copied one to one. The key statistics' corpus sample is not a method hyperparameter: it is the experiment's
@@ -17,15 +17,11 @@ be copied one to one. The key statistics' corpus sample is not a method hyperpar
 from __future__ import annotations
 
 import dataclasses
-import pathlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import yaml
+from mkejax.schema import FrozenMapping, SchemaError, build
 
-from mkejax.schema import SchemaError, build, configs_dir
-
-PRESET_DIR = configs_dir() / "hparams"
 DEFAULT_SEED_WORDS = ("The", "Therefore", "Because", "I", "You")
 # One-request methods outside the batch registry (their own function, no solver hyperparameters).
 SEQUENTIAL_METHODS = ("rome",)
@@ -33,34 +29,6 @@ SEQUENTIAL_METHODS = ("rome",)
 
 class HparamsError(ValueError):
     """Invalid hyperparameters; the message names the preset file / key when they come from YAML."""
-
-
-class FrozenMapping(Mapping):
-    """A hashable, immutable mapping (the method hyperparameters of a frozen, hashable :class:`EditHparams`)."""
-
-    def __init__(self, items: Mapping[str, Any] | None = None):
-        self._items = tuple(sorted(dict(items or {}).items()))
-
-    def __getitem__(self, key):
-        for k, v in self._items:
-            if k == key:
-                return v
-        raise KeyError(key)
-
-    def __iter__(self) -> Iterator[str]:
-        return (k for k, _ in self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __hash__(self) -> int:
-        return hash(self._items)
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Mapping) and dict(self) == dict(other)
-
-    def __repr__(self) -> str:
-        return repr(dict(self))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -234,40 +202,3 @@ def hparams_from_dict(method: str, fields: Mapping[str, Any], *, where: str = "h
         return build(EditHparams, raw)
     except (SchemaError, HparamsError) as e:
         raise HparamsError(f"{where}: {str(e).removeprefix('<top>: ')}") from None
-
-
-def _read_presets(method: str, directory) -> tuple[pathlib.Path, dict]:
-    from mkejax.edit import registry
-
-    valid = (*registry.available(), *SEQUENTIAL_METHODS)
-    if method not in valid:
-        raise HparamsError(f"unknown edit method {method!r}; valid: {', '.join(valid)}")
-    path = pathlib.Path(directory or PRESET_DIR) / f"{method}.yaml"
-    if not path.is_file():
-        raise HparamsError(f"preset file {path} not found")
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise HparamsError(f"{path}: expected a mapping of preset names")
-    return path, data
-
-
-def list_presets(method: str, directory: str | pathlib.Path | None = None) -> list[str]:
-    """Names of the presets of ``method`` in ``{directory}/{method}.yaml``."""
-    return sorted(_read_presets(method, directory)[1])
-
-
-def load_preset(
-    method: str, name: str, directory: str | pathlib.Path | None = None, **overrides
-) -> EditHparams:
-    """The named preset of ``method`` (a registered edit method), with optional field overrides.
-
-    Raises:
-      HparamsError: unknown method/preset (listing the valid ones) or unknown/invalid keys (naming the file).
-    """
-    path, data = _read_presets(method, directory)
-    if name not in data:
-        raise HparamsError(f"{path}: no preset {name!r}; valid: {', '.join(sorted(data))}")
-    fields = dict(data[name])
-    fields.update(overrides)
-    return hparams_from_dict(method, fields, where=f"{path}:{name}")

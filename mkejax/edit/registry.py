@@ -32,7 +32,7 @@ from typing import Any
 
 import jax
 
-from mkejax.edit.hparams import FrozenMapping
+from mkejax.schema import FrozenMapping
 
 Array = jax.Array
 _FACTORIES: dict[str, Callable[..., EditMethod]] = {}

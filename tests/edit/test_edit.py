@@ -24,12 +24,12 @@ from mkejax.edit import (
     compute_keys,
     edit,
     edited_key_gram,
-    load_preset,
     rome_edit,
     tokenize_requests,
 )
 from mkejax.edit.templates import context_templates
 from mkejax.models import down_proj_path
+from mkejax.presets import load_preset
 
 
 def _check_deltas(result, model, layers):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mkejax.edit import EditHparams, HparamsError, TemplateSpec, hparams_from_dict, list_presets, load_preset
+from mkejax.edit import EditHparams, HparamsError, TemplateSpec, hparams_from_dict
+from mkejax.presets import list_presets, load_preset
 
 PUBLISHED = {  # issue 4 / ALGORITHMS.md
     "llama3-8b": {"layers": (4, 5, 6, 7, 8), "clamp_norm_factor": 0.75, "v_lr": 0.1, "v_loss_layer": 31,

@@ -11,9 +11,10 @@ import pytest
 from edit_fixtures import reliability
 
 from mkejax.data import CorpusSpec, load_corpus, load_mzsre
-from mkejax.edit import StatsSpec, corpus_statistics, edit, load_preset
+from mkejax.edit import StatsSpec, corpus_statistics, edit
 from mkejax.models import load_model, load_tokenizer
 from mkejax.models.sources import DEFAULT_MODEL
+from mkejax.presets import load_preset
 
 
 @pytest.fixture(scope="module")

@@ -108,7 +108,9 @@ def test_corpus_sample_buckets_and_whole_corpus(tiny, tmp_path):
     assert sum(b.num_tokens for b in got) == sum(lengths)  # the whole corpus
     bucket = min(b for b in fine_buckets(64) if b >= max(lengths))  # the lines are 20-30 tokens here
     assert {b.shape[1] for b in got} == {bucket} and bucket < 64  # fine buckets: no 64-token rows
-    assert sum(b.input_ids.size for b in got[:-1]) < 1.5 * sum(b.num_tokens for b in got[:-1])  # little padding
+    assert sum(b.input_ids.size for b in got[:-1]) < 1.5 * sum(
+        b.num_tokens for b in got[:-1]
+    )  # little padding
     assert {b.shape[0] for b in got} == {4 * 64 // bucket}  # the token budget of 4 rows of 64
     stats = corpus_statistics(model, tok, corpus, spec, layers=LAYERS, progress=False)
     ref, count = reference(model, got)
