@@ -143,7 +143,7 @@ def test_eval_and_report_reuse_the_run(tiny, capsys):
         ),
         (["stats", "demo", "--set", "statistics.tokens=0"], "statistics.tokens must be >= 1"),
         (["report", "/nonexistent/run"], "not a mkejax run directory"),
-        (["export", "/nonexistent/run", "sum_own_a1", "/tmp/x"], "not a mkejax run directory"),
+        (["export", "/nonexistent/run", "sum_own_a1", "/nonexistent/out"], "not a mkejax run directory"),
         (["demo", "--set", "data.limt=2"], "did you mean 'data.limit'?"),
     ],
 )

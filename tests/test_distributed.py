@@ -182,15 +182,14 @@ maybe_initialize()
 import jax
 tests, checkpoint, root, out, until = sys.argv[1:6]
 sys.path.insert(0, tests)
-import mkejax.checkpoint as ckpt, mkejax.edit.hparams as hparams, mkejax.runner.rundir as rundir
+import mkejax.atomic as atomic, mkejax.presets as presets
 from runner_helpers import config
-hparams.PRESET_DIR = pathlib.Path(root) / "presets"
+presets.PRESET_DIR = pathlib.Path(root) / "presets"
 written = []
-for module, name in ((rundir, "_write_atomic"), (ckpt, "_fsync_write")):
-    def spy(path, text, _orig=getattr(module, name)):
-        written.append(str(path))
-        return _orig(path, text)
-    setattr(module, name, spy)
+def spy(path, *args, _orig=atomic.atomic_open, **kw):  # every atomic write of the project goes through it
+    written.append(str(path))
+    return _orig(path, *args, **kw)
+atomic.atomic_open = spy
 from mkejax.runner import run
 cfg = config(pathlib.Path(checkpoint), str(pathlib.Path(root) / "corpus" / "{lang}.txt"), pathlib.Path(out))
 summary = run(cfg, until=until, progress=False)

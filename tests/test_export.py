@@ -15,7 +15,7 @@ from runner_helpers import copy_run, shared_base, tiny_presets
 from mkejax.checkpoint import load_artefact
 from mkejax.config import config_from_dict
 from mkejax.export import export
-from mkejax.models.llama import down_proj_path
+from mkejax.models.deltas import down_proj_layer
 from mkejax.runner import run
 
 PROMPTS = ["The capital of France is", "Die Hauptstadt von Deutschland ist Berlin, und"]
@@ -41,7 +41,7 @@ def _our_logits(runner, delta, prompts):
     enc = tok(prompts, return_tensors="np", padding=True)
     out = runner.model.forward(
         jnp.asarray(enc["input_ids"]), jnp.asarray(enc["attention_mask"]),
-        deltas={int(l): d for l, d in delta.items()},
+        deltas=dict(delta),  # {down_proj name: ΔW}, as stored
     )  # fmt: skip
     return np.asarray(out.logits), enc
 
@@ -79,9 +79,9 @@ def test_export_round_trip_through_transformers(exported, variant, source):
     from safetensors.numpy import load_file
 
     tensors = load_file(out / "model.safetensors")
-    for layer, d in delta.items():
-        name = down_proj_path(int(layer))
-        want = np.asarray(runner.model.layers[int(layer)].mlp.down_proj.weight[...]) + np.asarray(d)
+    for name, d in delta.items():
+        layer = down_proj_layer(name)
+        want = np.asarray(runner.model.layers[layer].mlp.down_proj.weight[...]) + np.asarray(d)
         np.testing.assert_allclose(tensors[name], want, rtol=1e-6, atol=1e-7)
 
 

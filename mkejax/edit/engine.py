@@ -82,6 +82,18 @@ def _prepare(kernel, hp, c, *, use64):
         return {k: v.astype(jnp.float32) for k, v in aux.items()}
 
 
+def language_statistics(
+    method: EditMethod, stats: Mapping[str, KeyStatistics], langs, layers, *, precision: str = "auto"
+):
+    """Per-language method statistics {down_proj name: {key: [L, F, F]}} from each language's own
+    :class:`KeyStatistics` (language l solved with its C_l; the other reading of a shared covariance)."""
+    missing = [lang for lang in langs if lang not in stats]
+    if missing:
+        raise ValueError(f"per-language statistics: none for languages {missing}; have {sorted(stats)}")
+    each = [method_statistics(method, stats[lang], layers, precision=precision) for lang in langs]
+    return {name: {k: jnp.stack([e[name][k] for e in each]) for k in each[0][name]} for name in each[0]}
+
+
 def _check_aux(method, aux, layers, d_in: int):
     names = [down_proj_path(l) for l in layers]
     missing = [n for n in names if n not in aux]
@@ -92,7 +104,9 @@ def _check_aux(method, aux, layers, d_in: int):
         if lacking:
             raise ValueError(f"aux[{n!r}]: {method.name} needs {lacking}, got {sorted(aux[n])}")
         for key, value in aux[n].items():
-            check_matrix(jnp.asarray(value), f"aux[{n!r}][{key!r}]", d_in)
+            value = jnp.asarray(value)
+            for i, m in enumerate(value if value.ndim == 3 else [value]):  # pooled or per language
+                check_matrix(m, f"aux[{n!r}][{key!r}]" + (f"[{i}]" if value.ndim == 3 else ""), d_in)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -122,7 +136,7 @@ def edit_languages(
     tokenizer,
     requests_by_lang: Requests,
     hparams: EditHparams,
-    stats: KeyStatistics | None,
+    stats: KeyStatistics | Mapping[str, KeyStatistics] | None,
     *,
     shared_cov: bool,
     mesh: jax.sharding.Mesh | None = None,
@@ -143,7 +157,8 @@ def edit_languages(
       requests_by_lang: {language: requests}; languages may have different request counts; requests with subject
         rule "skip" are recorded as skipped (masked); a language with only skipped requests gets a zero delta.
       hparams: the method (``hparams.method``, any registered one) and its hyperparameters.
-      stats: key statistics of every edited layer (may be None when ``aux`` is given).
+      stats: key statistics of every edited layer — pooled, or {language: KeyStatistics} to solve each language
+        with its own C_l (Lee et al.'s other reading of a shared covariance); None when ``aux`` is given.
       shared_cov: solve each language with Σ_m K_m K_mᵀ over all languages (shared covariance) instead of its own
         K_l K_lᵀ.
       mesh: shard languages over its ``lang`` axis (padded with dummy languages) and requests over ``data``.
@@ -176,7 +191,10 @@ def edit_languages(
     if aux is None:
         if stats is None:
             raise ValueError("edit_languages needs key statistics (stats) or the method's statistics (aux)")
-        aux = method_statistics(method, stats, layers, precision=precision)
+        if isinstance(stats, Mapping):  # {language: KeyStatistics}: each language solved with its own C_l
+            aux = language_statistics(method, stats, langs, layers, precision=precision)
+        else:
+            aux = method_statistics(method, stats, layers, precision=precision)
     _check_aux(method, aux, layers, model.config.intermediate_size)
     items = prepare_languages(model, tokenizer, requests_by_lang, hparams, templates)
     groups = batching.groups(items)

@@ -50,8 +50,9 @@ def solve_layer(
     """ΔW [Lb, d_out, d_in] and pivot ratios [Lb] of one block of languages (all, or one device's share).
 
     Inputs in the compute dtype, masked columns already zero: K [Lb, d_in, n], R [Lb, d_out, n], mask [Lb, n];
-    ``extra`` None, [d_in, d_in] (common) or [Lb, d_in, d_in] (per language); ``axis`` the mesh axis to ``psum``
-    the shared Gram over (None: no mesh).
+    ``aux`` leaves [d_in, d_in] (pooled statistics) or [Lb, d_in, d_in] (each language's own); ``extra`` None,
+    [d_in, d_in] (common) or [Lb, d_in, d_in] (per language); ``axis`` the mesh axis to ``psum`` the shared Gram
+    over (None: no mesh).
     """
     total = None
     if shared:
@@ -60,14 +61,16 @@ def solve_layer(
             total = jax.lax.psum(total, axis)  # ... and over every device's block
     per_lang = extra is not None and extra.ndim == 3
     common = extra if extra is not None and extra.ndim == 2 else None
-    if shared and kernel.own_gram and not per_lang:
+    lang_aux = {k for k, v in aux.items() if v.ndim == 3}  # per-language statistics C_l (or P_l)
+    if shared and kernel.own_gram and not per_lang and not lang_aux:
         # One system for every language: factorise once, apply to each language's right-hand side.
         factors, ratio = kernel.factor(hp, aux, total if common is None else total + common)
         out = _map(lambda a: kernel.apply(hp, factors, aux, *a), (K, R, mask), lang_batch)
         return out, jnp.broadcast_to(ratio, (K.shape[0],))
 
     def one(args):  # one language; its Gram is formed here so that lax.map chunks bound the d_in² buffers
-        k, r, m = args[:3]
+        k, r, m, e, a = args
+        a = {**aux, **a}  # this language's rows of the per-language statistics
         own = mm(k, k.T)
         if kernel.own_gram:
             g = total if shared else own
@@ -76,11 +79,12 @@ def solve_layer(
         if common is not None:
             g = g + common
         if per_lang:
-            g = g + args[3]
-        factors, ratio = kernel.factor(hp, aux, g)
-        return kernel.apply(hp, factors, aux, k, r, m), ratio
+            g = g + e
+        factors, ratio = kernel.factor(hp, a, g)
+        return kernel.apply(hp, factors, a, k, r, m), ratio
 
-    return _map(one, (K, R, mask, extra) if per_lang else (K, R, mask), lang_batch)
+    mapped = {k: aux[k] for k in lang_aux}
+    return _map(one, (K, R, mask, extra if per_lang else None, mapped), lang_batch)
 
 
 def solve_all(kernel, hp, aux, K, R, mask, extra, *, shared, use64, mesh, lang_batch):
@@ -88,10 +92,15 @@ def solve_all(kernel, hp, aux, K, R, mask, extra, *, shared, use64, mesh, lang_b
     L = K.shape[0]
     Lp = L if mesh is None else -(-L // mesh.shape[LANG]) * mesh.shape[LANG]
     per_lang = extra is not None and extra.ndim == 3
-    if Lp != L:  # dummy languages: zero keys and residuals, fully masked
+    lang_aux = {k for k, v in aux.items() if v.ndim == 3}
+    if (
+        Lp != L
+    ):  # dummy languages: zero keys and residuals, fully masked (identity statistics keep them regular)
         pad = ((0, Lp - L), (0, 0), (0, 0))
         K, R, mask = jnp.pad(K, pad), jnp.pad(R, pad), jnp.pad(mask, pad[:2])
         extra = jnp.pad(extra, pad) if per_lang else extra
+        eye = jnp.broadcast_to(jnp.eye(K.shape[1], dtype=K.dtype), (Lp - L, K.shape[1], K.shape[1]))
+        aux = {k: jnp.concatenate([v, eye.astype(v.dtype)]) if k in lang_aux else v for k, v in aux.items()}
     odt = jnp.promote_types(K.dtype, jnp.float32)
     with wide_scope(use64):
         ct = compute_dtype(use64)
@@ -105,7 +114,8 @@ def solve_all(kernel, hp, aux, K, R, mask, extra, *, shared, use64, mesh, lang_b
         if mesh is None:
             out, ratio = block(hp, aux, K, R, mask, extra)
         else:
-            specs = (Spec(), Spec(), Spec(LANG), Spec(LANG), Spec(LANG), Spec(LANG) if per_lang else Spec())
+            aux_spec = {k: Spec(LANG) if k in lang_aux else Spec() for k in aux}
+            specs = (Spec(), aux_spec, Spec(LANG), Spec(LANG), Spec(LANG), Spec(LANG) if per_lang else Spec())
             out, ratio = jax.shard_map(block, mesh=mesh, in_specs=specs, out_specs=(Spec(LANG), Spec(LANG)))(
                 hp, aux, K, R, mask, extra
             )
@@ -134,7 +144,8 @@ def solve_languages(
     Args:
       method: an :class:`~mkejax.edit.registry.EditMethod` (``mkejax.edit.get("memit", mom2_update_weight=...)``).
       K: keys [L, d_in, n]; R: residuals [L, d_out, n] (pad languages with fewer requests and mask them).
-      aux: the layer's statistics as the method needs them (MEMIT/EMMET ``{"C": C}``, AlphaEdit ``{"P": P}``).
+      aux: the layer's statistics as the method needs them (MEMIT/EMMET ``{"C": C}``, AlphaEdit ``{"P": P}``):
+        pooled [d_in, d_in], or each language's own [L, d_in, d_in] (language l solved with its C_l).
       shared: shared covariance instead of own.
       mask: [L, n] booleans, True for real requests (default: all real).
       mesh: shard the language axis over its ``lang`` axis (padded with dummy languages, sliced back).
@@ -164,8 +175,11 @@ def solve_languages(
     if missing:
         raise ValueError(f"{method.name} needs the statistics {missing} in aux; got {sorted(aux)}")
     aux = {k: jnp.asarray(v) for k, v in aux.items()}
-    for key, value in aux.items():
-        check_matrix(value, key, d_in)
+    for key, value in aux.items():  # pooled [d_in, d_in] or one per language [L, d_in, d_in]
+        if value.ndim == 3 and value.shape[0] != L:
+            raise ValueError(f"aux[{key!r}] has statistics for {value.shape[0]} languages, K for {L}")
+        for i, m in enumerate(value if value.ndim == 3 else [value]):
+            check_matrix(m, key if value.ndim == 2 else f"{key}[{names[i] if names else i}]", d_in)
     if extra_gram is not None:
         extra_gram = jnp.asarray(extra_gram)
         if extra_gram.shape not in ((d_in, d_in), (L, d_in, d_in)):

@@ -218,6 +218,24 @@ def test_targets_computed_once_serve_both_modes(setup, shared_set):
         )
 
 
+def test_per_language_statistics_equal_single_language_edits(setup):
+    """Statistics per language ({language: KeyStatistics}): each language's own-covariance edit is its
+    single-language edit with its own C_l."""
+    model, tok, requests, _ = setup
+    f = model.config.intermediate_size
+    own = {lang: synthetic_stats(f, seed=i + 1) for i, lang in enumerate(LANGS)}
+    targets = language_targets(model, tok, requests, MEMIT, templates=TEMPLATES)
+    es = edit_languages(
+        model, tok, requests, MEMIT, own, shared_cov=False, templates=TEMPLATES, targets=targets
+    )
+    for lang in ("en", "de"):
+        want = edit_single(model, tok, requests, lang, MEMIT, own[lang], templates=TEMPLATES, targets=targets)
+        assert_deltas_close(es.single(lang).deltas, want.deltas, f"per-language statistics {lang}")
+    with pytest.raises(ValueError, match=r"none for languages \['zh'\]"):
+        edit_languages(model, tok, requests, MEMIT, {k: v for k, v in own.items() if k != "zh"}, shared_cov=False,
+                       templates=TEMPLATES, targets=targets)  # fmt: skip
+
+
 def test_bad_input(setup):
     model, tok, requests, stats = setup
     rome = EditHparams(method="rome", layers=(1,), **COMMON)

@@ -117,6 +117,27 @@ def test_chunked_languages_and_extra_gram(shared):
         assert rel(full[lang], single("memit", K[lang], R[lang], C, P, gram)) <= TOL
 
 
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("method", ["memit", "alphaedit", "emmet"])
+def test_per_language_statistics(method, shared):
+    """Each language solved with its own statistics C_l (or P_l): equals its single solve with C_l and the other
+    languages' Gram as the extra term (shared), and differs from the pooled solve."""
+    rng, K, R, C, _ = make(8)
+    Cs = []
+    for _ in range(L):
+        X = rng.normal(size=(D_IN, 4 * D_IN))
+        Cs.append((X @ X.T / (4 * D_IN) + 0.05 * np.eye(D_IN)).astype(np.float32))
+    Ps = [np.asarray(nullspace_projection(c, float(np.median(np.linalg.eigvalsh(c))))) for c in Cs]
+    aux = {"P": np.stack(Ps)} if method == "alphaedit" else {"C": np.stack(Cs)}
+    got = solve_languages(METHODS[method], K, R, aux, shared=shared)
+    total = sum(K[m] @ K[m].T for m in range(L))
+    for lang in range(L):
+        others = (total - K[lang] @ K[lang].T) if shared else None
+        assert rel(got[lang], single(method, K[lang], R[lang], Cs[lang], Ps[lang], others)) <= TOL
+    pooled = solve(method, K, R, Cs[0], Ps[0], shared=shared)
+    assert rel(got[1:], pooled[1:]) > 1e-2 and rel(got[0], pooled[0]) <= TOL
+
+
 def test_bad_inputs():
     _, K, R, C, P = make(4)
     with pytest.raises(ValueError, match="unknown edit method 'rome'; valid: alphaedit, emmet, memit"):
