@@ -89,18 +89,15 @@ def attention_mask(kv_mask: Array, q_slots: Array, window: int | None = None) ->
     return visible[None] & (kv_mask[:, None, :] > 0)
 
 
-def attend(q: Array, k: Array, v: Array, mask: Array, *, scale: float, softcap: float | None = None) -> Array:
+def attend(q: Array, k: Array, v: Array, mask: Array, *, scale: float) -> Array:
     """Grouped-query softmax attention: q [B, T, N, H], k/v [B, S, K, H], mask [B, T, S] -> [B, T, N·H].
 
-    Scores are scaled, soft-capped (``cap · tanh(s / cap)``, Gemma) and masked in float32, as transformers'
-    eager attention does.
+    Scores are scaled and masked in float32, as transformers' eager attention does.
     """
     b, t, n, h = q.shape
     kh = k.shape[2]
     q = q.reshape(b, t, kh, n // kh, h)  # [B, T, K, G, H]
     scores = jnp.einsum("btkgh,bskh->bkgts", q, k).astype(jnp.float32) * scale
-    if softcap is not None:
-        scores = jnp.tanh(scores / softcap) * softcap
     scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)  # [B, K, G, T, S]
     return jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(b, t, n * h)

@@ -7,7 +7,10 @@ arXiv 2503.19786). What differs from Llama:
 - four norms per block: input norm -> attention -> post-attention norm -> + residual; pre-feedforward norm ->
   MLP -> post-feedforward norm -> + residual;
 - q and k are RMS-normalised per head (over head_dim) before RoPE; scores are scaled by
-  ``query_pre_attn_scalar ** -0.5`` and optionally soft-capped (``attn_logit_softcapping``);
+  ``query_pre_attn_scalar ** -0.5``. There is no attention soft-capping: transformers' ``Gemma3Attention`` keeps
+  ``attn_logit_softcapping`` from the config but never passes it to the attention function (Gemma 2 does), and
+  llama.cpp's converter rejects a Gemma 3 config that sets it; the field is kept (and exported) but not applied,
+  so that the logits equal transformers' for any config (see :class:`Gemma3Config`);
 - GeGLU MLP ``down(gelu_tanh(gate x) · up x)``; the editing key is again the down-projection input;
 - local (sliding-window) and global layers by ``layer_types``, each with its own RoPE base and scaling;
 - embeddings times √D (cast to the weight dtype first, as transformers' ``Gemma3TextScaledWordEmbedding``);
@@ -65,7 +68,6 @@ class Gemma3Attention(nnx.Module):
         )
         self.n, self.k, self.h = n, k, h
         self.scale = config.query_pre_attn_scalar**-0.5
-        self.softcap = config.attn_logit_softcapping
         bias = config.attention_bias
         self.q_proj = Linear(d, n * h, bias=bias, dtype=dtype)
         self.k_proj = Linear(d, k * h, bias=bias, dtype=dtype)
@@ -81,7 +83,7 @@ class Gemma3Attention(nnx.Module):
         v = self.v_proj(x).reshape(b, t, self.k, self.h)  # [B, T, K, H]
         q, k = apply_rope(q, a.cos, a.sin), apply_rope(k, a.cos, a.sin)
         k, v, kv = cached_kv(k, v, kv, a.index)  # [B, S, K, H]
-        out = attend(q, k, v, a.mask, scale=self.scale, softcap=self.softcap)
+        out = attend(q, k, v, a.mask, scale=self.scale)
         return self.o_proj(out), kv
 
 

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from typing import Any
 
 from mkejax.models.config import ConfigError, RopeScaling, rope_inv_freq, rope_scaling_from_dict
+
+log = logging.getLogger(__name__)
 
 SLIDING, FULL = "sliding_attention", "full_attention"
 SUPPORTED_ACTIVATIONS = ("gelu_pytorch_tanh",)
@@ -51,6 +54,9 @@ class Gemma3Config:
 
     ``layer_types[i]`` is ``"sliding_attention"`` (local: keys within ``sliding_window`` tokens, RoPE base
     ``rope_local_base_freq``) or ``"full_attention"`` (global: RoPE base ``rope_theta`` with ``rope_scaling``).
+    ``final_logit_softcapping`` caps the logits (``cap · tanh(l / cap)``). ``attn_logit_softcapping`` is carried
+    for the exported config only: transformers' Gemma 3 attention never applies it (a warning is logged when a
+    config sets it).
     """
 
     vocab_size: int
@@ -122,6 +128,12 @@ class Gemma3Config:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ConfigError(f"{name} must be > 0 or null, got {value}")
+        if self.attn_logit_softcapping is not None:
+            log.warning(
+                "attn_logit_softcapping=%s is not applied: Gemma 3 has no attention soft-capping (transformers' "
+                "Gemma3Attention ignores the field)",
+                self.attn_logit_softcapping,
+            )
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:

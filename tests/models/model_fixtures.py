@@ -10,7 +10,8 @@ import zipfile
 import numpy as np
 
 PROMPTS = ["The capital of France is", "Hi", "中国的首都是北京。 La capital de España es Madrid"]
-VARIANTS = ("llama", "llama3", "qwen2")
+VARIANTS = ("llama", "llama3", "qwen2")  # ModelConfig families
+ALL_VARIANTS = (*VARIANTS, "gemma3", "gemma3_capped")
 
 
 def left_padded_batch(tokenizer, prompts=PROMPTS):
