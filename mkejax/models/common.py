@@ -20,6 +20,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from mkejax.models.deltas import layer_deltas
@@ -286,17 +287,19 @@ def init_random(model: DecoderLM, seed: int = 0, std: float = 0.02) -> DecoderLM
 
     The identity is 1 for Llama-style norms (``w · x̂``) and 0 for Gemma's ``(1 + w) · x̂``, which is also what
     transformers' ``_init_weights`` gives both; random norm weights would only rescale the residual stream.
+    Values are drawn with NumPy (``default_rng(seed)``): drawing with jax.random compiles one program per shape
+    (~10 s for a tiny model on a busy CPU).
     """
-    key = jax.random.key(seed)
+    rng = np.random.default_rng(seed)
     for path, p in nnx.iter_graph(model):
         if isinstance(p, nnx.Param):
-            key, sub = jax.random.split(key)
             name = path[-2] if path and path[-1] == "weight" else ""
             old = p.get_value()
             if str(name).endswith("norm"):
                 p.set_value(jnp.full_like(old, model.NORM_IDENTITY))
             else:
-                p.set_value((std * jax.random.normal(sub, old.shape)).astype(old.dtype))
+                value = std * rng.standard_normal(old.shape, dtype=np.float32)
+                p.set_value(jnp.asarray(value, old.dtype))
     return model
 
 
