@@ -73,7 +73,7 @@ class Gemma3Config:
     rope_scaling: RopeScaling = dataclasses.field(default_factory=RopeScaling)
     rope_local_base_freq: float = 10_000.0
     rope_local_scaling: RopeScaling = dataclasses.field(default_factory=RopeScaling)
-    query_pre_attn_scalar: float = 256.0
+    query_pre_attn_scalar: int | float = 256  # transformers' config insists on an int
     final_logit_softcapping: float | None = None
     attn_logit_softcapping: float | None = None
     max_position_embeddings: int = 131_072
@@ -186,7 +186,7 @@ class Gemma3Config:
                 rope_scaling=global_rope[1],
                 rope_local_base_freq=local_rope[0],
                 rope_local_scaling=local_rope[1],
-                query_pre_attn_scalar=float(get("query_pre_attn_scalar")),
+                query_pre_attn_scalar=get("query_pre_attn_scalar"),
                 final_logit_softcapping=_opt_float(cfg.get("final_logit_softcapping")),
                 attn_logit_softcapping=_opt_float(cfg.get("attn_logit_softcapping")),
                 max_position_embeddings=int(get("max_position_embeddings")),
@@ -227,7 +227,7 @@ class Gemma3Config:
             "rope_theta": self.rope_theta,
             "rope_local_base_freq": self.rope_local_base_freq,
             "rope_scaling": _rope_dict(self.rope_scaling),
-            "query_pre_attn_scalar": self.query_pre_attn_scalar,
+            "query_pre_attn_scalar": _int_if_whole(self.query_pre_attn_scalar),
             "final_logit_softcapping": self.final_logit_softcapping,
             "attn_logit_softcapping": self.attn_logit_softcapping,
             "max_position_embeddings": self.max_position_embeddings,
@@ -253,6 +253,10 @@ class Gemma3Config:
             }
             del cfg["rope_theta"], cfg["rope_local_base_freq"], cfg["rope_scaling"]
         return cfg
+
+
+def _int_if_whole(value):
+    return int(value) if float(value).is_integer() else value
 
 
 def _opt_float(value) -> float | None:
