@@ -1,6 +1,6 @@
 """Gemma 3 text backbone: both config layouts (flat ``gemma3_text`` and multimodal ``text_config``, transformers 5
 and 4.5x rope keys), RoPE frequencies and layer pattern as transformers', GGUF files written the llama.cpp way,
-random init, sharding rules, and bad configs. Forward parity lives in test_parity.py."""
+random init, sharding rules, and bad configs. Forward parity lives in test_model_parity.py."""
 
 from __future__ import annotations
 
