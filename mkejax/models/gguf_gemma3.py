@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from mkejax.models.sources import LoadError
+from mkejax.models.errors import LoadError
 
 ARCH = "gemma3"
 

