@@ -4,8 +4,8 @@ The parameters come from the run's ``params/<variant>`` artefact when it was sav
 are rebuilt as base model + ``merged/<variant>`` delta (`mkejax.merge.apply`). Tensors keep the run's dtype and
 HF names (``model.layers.4.mlp.down_proj.weight``, ``lm_head.weight`` unless tied); ``config.json`` is the
 model config's ``to_hf_dict`` (Llama / Qwen2 / Gemma 3 text); tokenizer files are written by the tokenizer's
-``save_pretrained`` (a GGUF's tokenizer is converted on the way). Checkpoints above ``shard_bytes`` are split into shards with a
-``model.safetensors.index.json``, as ``save_pretrained`` does. The folder is written under a temporary name and
+``save_pretrained`` (a GGUF's tokenizer is converted on the way). Checkpoints above ``shard_bytes`` are split into
+shards with a ``model.safetensors.index.json``, as ``save_pretrained`` does. The folder is written under a temporary name and
 renamed when complete, so a failed export leaves nothing half-written.
 """
 
@@ -59,7 +59,7 @@ def merged_params(run_dir: str | os.PathLike, variant: str) -> tuple[dict, objec
 
     from mkejax.merge import apply
     from mkejax.models import load_model
-    from mkejax.models.deltas import down_proj_path
+    from mkejax.models.llama import down_proj_path
 
     run_dir = pathlib.Path(run_dir)
     config = run_config(run_dir)

@@ -109,6 +109,7 @@ def test_gemma3_checkpoint_written_for_transformers(tiny_checkpoint, tmp_path, n
     from mkejax.export import hf_tensors, write_checkpoint
     from mkejax.merge import apply
     from mkejax.models import load_config, load_model, load_tokenizer
+    from mkejax.models.deltas import down_proj_path
 
     folder = tiny_checkpoint(name)
     model, tok = load_model(folder), load_tokenizer(folder)
