@@ -2,10 +2,10 @@
 
 The parameters come from the run's ``params/<variant>`` artefact when it was saved (``save_params``), else they
 are rebuilt as base model + ``merged/<variant>`` delta (`mkejax.merge.apply`). Tensors keep the run's dtype and
-HF names (``model.layers.4.mlp.down_proj.weight``, ``lm_head.weight`` unless tied); ``config.json`` is
-`ModelConfig.to_hf_dict`; tokenizer files are written by the tokenizer's ``save_pretrained`` (a GGUF's tokenizer
-is converted on the way). Checkpoints above ``shard_bytes`` are split into shards with a
-``model.safetensors.index.json``, as ``save_pretrained`` does. The folder is written under a temporary name and
+HF names (``model.layers.4.mlp.down_proj.weight``, ``lm_head.weight`` unless tied); ``config.json`` is the
+model config's ``to_hf_dict`` (Llama / Qwen2 / Gemma 3 text); tokenizer files are written by the tokenizer's
+``save_pretrained`` (a GGUF's tokenizer is converted on the way). Checkpoints above ``shard_bytes`` are split into
+shards with a ``model.safetensors.index.json``, as ``save_pretrained`` does. The folder is written under a temporary name and
 renamed when complete, so a failed export leaves nothing half-written.
 """
 
@@ -43,7 +43,7 @@ def hf_tensors(params: Mapping) -> dict[str, np.ndarray]:
     """{HF tensor name: host array} of a nested parameter dict (``nnx.to_pure_dict`` layout)."""
     import jax
 
-    from mkejax.models.llama import hf_name
+    from mkejax.models.common import hf_name
 
     return {hf_name(path): np.asarray(jax.device_get(v)) for path, v in _flat(params).items()}
 
@@ -136,36 +136,63 @@ def export(
     Returns:
       ``out_dir``.
     """
-    from mkejax.models import load_tokenizer
+    from mkejax.models import load_config, load_tokenizer
 
     out = pathlib.Path(out_dir)
     if out.exists() and not force:
         raise ValueError(f"{out} exists; choose another OUT_DIR or pass --force")
     params, config, info = merged_params(run_dir, variant)
-    tensors = hf_tensors(params)
-    bad = [n for n, t in tensors.items() if not np.isfinite(t.astype(np.float32)).all()]
+    info["model_source"] = config.model.source
+    write_checkpoint(
+        out,
+        hf_tensors(params),
+        load_config(config.model.source),
+        load_tokenizer(config.model.source),
+        dtype=config.model.dtype,
+        info=info,
+        shard_bytes=shard_bytes,
+    )
+    logger.info("exported %s (%s) to %s", info["variant"], info["from"], out)
+    return out
+
+
+def write_checkpoint(
+    out: str | os.PathLike,
+    tensors: Mapping[str, np.ndarray],
+    model_config,
+    tokenizer,
+    *,
+    dtype: str,
+    info: Mapping | None = None,
+    shard_bytes: int = SHARD_BYTES,
+) -> pathlib.Path:
+    """Writes an HF checkpoint folder (replacing ``out``): ``config.json`` from ``model_config.to_hf_dict()``
+    (``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` / ``Gemma3ForCausalLM``), safetensors, the tokenizer files and,
+    when given, ``mkejax_export.json`` with ``info``. Written under a temporary name and renamed when complete.
+
+    Raises:
+      ValueError: a non-finite tensor (nothing is written).
+    """
+    out = pathlib.Path(out)
+    bad = [n for n, t in tensors.items() if not np.isfinite(np.asarray(t, np.float32)).all()]
     if bad:
         raise ValueError(f"refusing to export non-finite parameters: {', '.join(bad[:10])}")
-    from mkejax.models import load_config
-
-    model_config = load_config(config.model.source)
     tmp = out.parent / f".{out.name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
         hf = model_config.to_hf_dict()
-        hf["torch_dtype"] = hf["dtype"] = config.model.dtype
+        hf["torch_dtype"] = hf["dtype"] = dtype
         (tmp / "config.json").write_text(json.dumps(hf, indent=1), encoding="utf-8")
         write_safetensors(tensors, tmp, shard_bytes=shard_bytes)
-        load_tokenizer(config.model.source).save_pretrained(tmp)
-        info["model_source"] = config.model.source
-        (tmp / "mkejax_export.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+        tokenizer.save_pretrained(tmp)
+        if info is not None:
+            (tmp / "mkejax_export.json").write_text(json.dumps(dict(info), indent=1), encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    logger.info("exported %s (%s) to %s", info["variant"], info["from"], out)
     return out

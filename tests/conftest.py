@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random HF checkpoints (Llama, Llama-3.1-style, Qwen2) with offline-trained tokenizers.
+"""Shared fixtures: tiny random HF checkpoints (Llama, Llama-3.1-style, Qwen2, Gemma 3) with offline-trained
+tokenizers.
 
 Nothing is downloaded: transformers builds the models from configs with a fixed seed, `save_pretrained` writes
 safetensors, and the tokenizer is a byte-level BPE trained here with the `tokenizers` library.
@@ -43,7 +44,28 @@ TINY_CONFIGS = {
         rope_theta=1000000.0, tie_word_embeddings=False, max_position_embeddings=256,
         use_sliding_window=False,
     ),
+    # Gemma 3: multi-query attention, a sliding window (4) shorter than the test prompts, the published layer
+    # pattern (every 6th layer global) with its two RoPE bases, query_pre_attn_scalar == head_dim as in the
+    # released models (and as a GGUF implies), tied embeddings.
+    "gemma3": dict(
+        model_type="gemma3_text", vocab_size=TOKENIZER_VOCAB, hidden_size=64, intermediate_size=128,
+        num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=1, head_dim=32, rms_norm_eps=1e-6,
+        sliding_window=4, rope_theta=1_000_000.0, rope_local_base_freq=10_000.0, query_pre_attn_scalar=32,
+        max_position_embeddings=256,
+    ),
+    # Gemma 3 with everything optional switched on: attention and final-logit soft-capping (small caps, so they
+    # bite), explicit layer types, linear RoPE scaling on the global layers, 2 kv heads, an untied lm_head and
+    # query_pre_attn_scalar != head_dim.
+    "gemma3_capped": dict(
+        model_type="gemma3_text", vocab_size=TOKENIZER_VOCAB, hidden_size=64, intermediate_size=96,
+        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-6,
+        sliding_window=3, layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        rope_theta=100_000.0, rope_local_base_freq=10_000.0, rope_scaling=dict(rope_type="linear", factor=2.0),
+        query_pre_attn_scalar=24, attn_logit_softcapping=2.0, final_logit_softcapping=3.0,
+        tie_word_embeddings=False, max_position_embeddings=256,
+    ),
 }
+GEMMA3_VARIANTS = ("gemma3", "gemma3_capped")
 
 TOKENIZER_TEXT = [
     "The capital of France is Paris.", "The Eiffel Tower is located in Paris, France.",
@@ -85,17 +107,19 @@ def build_tiny_checkpoint(name: str, path: pathlib.Path, seed: int = 0) -> pathl
 
     cfg = dict(TINY_CONFIGS[name])
     model_type = cfg.pop("model_type")
-    config_cls = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config}[model_type]
-    model_cls = {"llama": transformers.LlamaForCausalLM, "qwen2": transformers.Qwen2ForCausalLM}[model_type]
-    tok = _build_tokenizer(path, bos=model_type == "llama")
+    config_cls = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
+                  "gemma3_text": transformers.Gemma3TextConfig}[model_type]
+    model_cls = {"llama": transformers.LlamaForCausalLM, "qwen2": transformers.Qwen2ForCausalLM,
+                 "gemma3_text": transformers.Gemma3ForCausalLM}[model_type]
+    tok = _build_tokenizer(path, bos=model_type != "qwen2")
     config = config_cls(**cfg, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                         pad_token_id=tok.pad_token_id)
     torch.manual_seed(seed)
     model = model_cls(config).eval()
     with torch.no_grad():  # larger-than-default init so that logits are far from uniform
         for n, p in model.named_parameters():
-            if "norm" in n:
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            if "norm" in n:  # Gemma's norms scale by 1 + w: the same spread around the identity
+                p.copy_((0.0 if model_type == "gemma3_text" else 1.0) + 0.1 * torch.randn_like(p))
             else:
                 p.normal_(0.0, 0.08)
     model.save_pretrained(path, safe_serialization=True)
@@ -104,7 +128,7 @@ def build_tiny_checkpoint(name: str, path: pathlib.Path, seed: int = 0) -> pathl
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
-    """Factory: `tiny_checkpoint("llama" | "llama3" | "qwen2") -> Path` of a saved HF checkpoint (cached)."""
+    """Factory: `tiny_checkpoint(name) -> Path` of a saved HF checkpoint (cached); names: TINY_CONFIGS."""
     cache: dict[str, pathlib.Path] = {}
 
     def get(name: str) -> pathlib.Path:

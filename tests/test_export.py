@@ -96,3 +96,49 @@ def test_export_errors(exported):
         export(cfg.run_dir, "sum_own_a1", root / "taken")
     assert export(cfg.run_dir, "sum_own_a1", root / "taken", force=True) == root / "taken"
     assert (root / "taken" / "config.json").is_file() and not (root / ".taken.tmp").exists()
+
+
+@pytest.mark.parametrize("name", ["gemma3", "gemma3_capped"])
+def test_gemma3_checkpoint_written_for_transformers(tiny_checkpoint, tmp_path, name):
+    """An edited Gemma 3 model written as an HF checkpoint: transformers' Gemma3ForCausalLM loads it, its logits
+    equal ours with the delta, and our loader reads back the same config and tensors (base + delta)."""
+    import torch
+    import transformers
+    from flax import nnx
+
+    from mkejax.export import hf_tensors, write_checkpoint
+    from mkejax.merge import apply
+    from mkejax.models import load_config, load_model, load_tokenizer
+    from mkejax.models.deltas import down_proj_path
+
+    folder = tiny_checkpoint(name)
+    model, tok = load_model(folder), load_tokenizer(folder)
+    cfg = model.config
+    delta = {
+        down_proj_path(1): np.random.default_rng(0).normal(0, 0.1, (cfg.hidden_size, cfg.intermediate_size))
+    }
+    delta = {k: jnp.asarray(v, jnp.float32) for k, v in delta.items()}
+    params = nnx.to_pure_dict(apply(nnx.state(model), delta))
+    out = write_checkpoint(tmp_path / "hf", hf_tensors(params), cfg, tok, dtype="float32")
+    theirs_model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert type(theirs_model).__name__ == "Gemma3ForCausalLM"
+    enc = tok(PROMPTS, return_tensors="np", padding=True, padding_side="left")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    ours = np.asarray(model.forward(jnp.asarray(ids), jnp.asarray(mask), deltas=delta).logits)
+    pos = np.clip(np.cumsum(mask, -1) - 1, 0, None)
+    with torch.no_grad():
+        theirs = theirs_model(
+            input_ids=torch.as_tensor(ids),
+            attention_mask=torch.as_tensor(mask),
+            position_ids=torch.as_tensor(pos),
+        ).logits.numpy()
+    m = mask.astype(bool)
+    np.testing.assert_allclose(theirs[m], ours[m], atol=1e-4, rtol=1e-4)
+    assert load_config(out) == cfg
+    back = load_model(out)
+    w = np.asarray(back.layers[1].mlp.down_proj.weight[...])
+    np.testing.assert_allclose(
+        w,
+        np.asarray(model.layers[1].mlp.down_proj.weight[...]) + np.asarray(delta[down_proj_path(1)]),
+        atol=1e-7,
+    )

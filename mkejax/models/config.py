@@ -130,17 +130,7 @@ class ModelConfig:
         theta = rope.pop("rope_theta", cfg.get("rope_theta", 10000.0))
         if not rope:
             rope = dict(cfg.get("rope_scaling") or {})
-        rope_type = rope.get("rope_type", rope.get("type", "default")) or "default"
-        try:
-            scaling = RopeScaling(
-                rope_type=rope_type,
-                factor=float(rope.get("factor", 1.0)),
-                low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
-                high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
-                original_max_position_embeddings=int(rope.get("original_max_position_embeddings", 8192)),
-            )
-        except ConfigError as e:
-            raise ConfigError(f"{source}: rope scaling: {e}") from None
+        scaling = rope_scaling_from_dict(rope, source=source)
         heads = cfg["num_attention_heads"]
         head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
         is_qwen = model_type == "qwen2"
@@ -212,22 +202,42 @@ class ModelConfig:
 
     def rope_inv_freq(self):
         """Inverse frequencies [H/2] as NumPy float64 -> float32, with the configured scaling."""
-        import numpy as np
+        return rope_inv_freq(self.head_dim, self.rope_theta, self.rope_scaling)
 
-        h = self.head_dim
-        inv = 1.0 / (self.rope_theta ** (np.arange(0, h, 2, dtype=np.float64) / h))
-        rs = self.rope_scaling
-        if rs.rope_type == "linear":
-            inv = inv / rs.factor
-        elif rs.rope_type == "llama3":
-            # Llama 3.1 frequency-dependent scaling (transformers' _compute_llama3_parameters).
-            old = rs.original_max_position_embeddings
-            low_wavelen = old / rs.low_freq_factor
-            high_wavelen = old / rs.high_freq_factor
-            wavelen = 2 * math.pi / inv
-            scaled = np.where(wavelen > low_wavelen, inv / rs.factor, inv)
-            smooth = (old / wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor)
-            smoothed = (1 - smooth) * scaled / rs.factor + smooth * scaled
-            medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
-            inv = np.where(medium, smoothed, scaled)
-        return inv.astype(np.float32)
+
+def rope_inv_freq(head_dim: int, theta: float, rs: RopeScaling):
+    """RoPE inverse frequencies [H/2] for base ``theta`` and scaling ``rs``: NumPy float64 -> float32."""
+    import numpy as np
+
+    h = head_dim
+    inv = 1.0 / (theta ** (np.arange(0, h, 2, dtype=np.float64) / h))
+    if rs.rope_type == "linear":
+        inv = inv / rs.factor
+    elif rs.rope_type == "llama3":
+        # Llama 3.1 frequency-dependent scaling (transformers' _compute_llama3_parameters).
+        old = rs.original_max_position_embeddings
+        low_wavelen = old / rs.low_freq_factor
+        high_wavelen = old / rs.high_freq_factor
+        wavelen = 2 * math.pi / inv
+        scaled = np.where(wavelen > low_wavelen, inv / rs.factor, inv)
+        smooth = (old / wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor)
+        smoothed = (1 - smooth) * scaled / rs.factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        inv = np.where(medium, smoothed, scaled)
+    return inv.astype(np.float32)
+
+
+def rope_scaling_from_dict(rope: dict[str, Any] | None, *, source: str) -> RopeScaling:
+    """A :class:`RopeScaling` from an HF rope dict (``rope_scaling`` or one ``rope_parameters`` entry)."""
+    rope = dict(rope or {})
+    rope_type = rope.get("rope_type", rope.get("type", "default")) or "default"
+    try:
+        return RopeScaling(
+            rope_type=rope_type,
+            factor=float(rope.get("factor", 1.0)),
+            low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
+            high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
+            original_max_position_embeddings=int(rope.get("original_max_position_embeddings", 8192)),
+        )
+    except ConfigError as e:
+        raise ConfigError(f"{source}: rope scaling: {e}") from None

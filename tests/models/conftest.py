@@ -50,3 +50,29 @@ def tiny_gguf(tiny_checkpoint, tiny_llama31, tmp_path_factory):
         return cache[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3_multimodal(tiny_checkpoint, torch_model, tmp_path_factory) -> pathlib.Path:
+    """A tiny ``Gemma3ForConditionalGeneration`` checkpoint (text config under ``text_config``, weights under
+    ``model.language_model.``, a one-layer SigLIP vision tower) whose text tower is the "gemma3" checkpoint."""
+    import transformers
+
+    text_folder = tiny_checkpoint("gemma3")
+    text = torch_model(text_folder)
+    vision = transformers.SiglipVisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+        patch_size=14,
+    )  # fmt: skip
+    config = transformers.Gemma3Config(
+        text_config=text.config.to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=4,
+        image_token_index=text.config.vocab_size - 1, boi_token_index=0, eoi_token_index=0,
+    )  # fmt: skip
+    mm = transformers.Gemma3ForConditionalGeneration(config).eval()
+    missing, unexpected = mm.model.language_model.load_state_dict(text.model.state_dict(), strict=True)
+    assert not missing and not unexpected
+    folder = tmp_path_factory.mktemp("tiny-gemma3-mm")
+    mm.save_pretrained(folder)
+    for f in text_folder.glob("tokenizer*"):
+        shutil.copy(f, folder / f.name)
+    return folder

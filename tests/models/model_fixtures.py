@@ -10,7 +10,8 @@ import zipfile
 import numpy as np
 
 PROMPTS = ["The capital of France is", "Hi", "中国的首都是北京。 La capital de España es Madrid"]
-VARIANTS = ("llama", "llama3", "qwen2")
+VARIANTS = ("llama", "llama3", "qwen2")  # ModelConfig families
+ALL_VARIANTS = (*VARIANTS, "gemma3", "gemma3_capped")
 
 
 def left_padded_batch(tokenizer, prompts=PROMPTS):
@@ -98,19 +99,7 @@ def write_gguf(
     w.add_vocab_size(cfg["vocab_size"])
     if arch == "llama":
         w.add_rope_dimension_count(cfg.get("head_dim") or cfg["hidden_size"] // heads)
-    tok = json.loads((folder / "tokenizer.json").read_text())
-    vocab = tok["model"]["vocab"]
-    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv_: kv_[1])]
-    specials = {a["content"] for a in tok["added_tokens"] if a["special"]}
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types([3 if t in specials else 1 for t in tokens])
-    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]])
-    w.add_bos_token_id(cfg["bos_token_id"])
-    w.add_eos_token_id(cfg["eos_token_id"])
-    w.add_pad_token_id(cfg["pad_token_id"])
-    w.add_add_bos_token(False)
+    add_bpe_tokenizer(w, folder, cfg, add_bos=False)
     if cfg["rope_parameters"].get("rope_type") == "llama3":
         w.add_tensor("rope_freqs.weight", llamacpp_rope_factors(cfg))
     for name, t in tensors.items():
@@ -137,6 +126,63 @@ def write_gguf(
             )
         else:
             w.add_tensor(g, np.ascontiguousarray(t, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out
+
+
+def add_bpe_tokenizer(w, folder: pathlib.Path, cfg: dict, *, add_bos: bool) -> None:
+    """The folder's byte-level BPE tokenizer as llama.cpp's ``gpt2`` tokenizer metadata."""
+    tok = json.loads((folder / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv_: kv_[1])]
+    specials = {a["content"] for a in tok["added_tokens"] if a["special"]}
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([3 if t in specials else 1 for t in tokens])
+    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]])
+    w.add_bos_token_id(cfg["bos_token_id"])
+    w.add_eos_token_id(cfg["eos_token_id"])
+    w.add_pad_token_id(cfg["pad_token_id"])
+    w.add_add_bos_token(add_bos)
+
+
+def write_gemma3_gguf(folder: pathlib.Path, out: pathlib.Path, *, rope_scaling_factor=None) -> pathlib.Path:
+    """A Gemma 3 checkpoint as llama.cpp's ``Gemma3Model`` converter writes it: gguf-py's tensor names, every
+    ``*norm.weight`` stored as ``1 + w``, only the global RoPE base, key/value length and sliding window in the
+    metadata (with ``rope_scaling_factor``: a linear RoPE scaling entry, as for 4B+)."""
+    import gguf
+    from safetensors.numpy import load_file
+
+    cfg = json.loads((folder / "config.json").read_text())
+    n = cfg["num_hidden_layers"]
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA3, n)
+    w = gguf.GGUFWriter(str(out), "gemma3")
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_block_count(n)
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(cfg["num_attention_heads"])
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_key_length(cfg["head_dim"])
+    w.add_value_length(cfg["head_dim"])
+    w.add_rope_freq_base(cfg["rope_parameters"]["full_attention"]["rope_theta"])
+    w.add_sliding_window(cfg["sliding_window"])
+    w.add_head_count_kv(cfg["num_key_value_heads"])
+    if rope_scaling_factor is not None:
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(rope_scaling_factor)
+    add_bpe_tokenizer(w, folder, cfg, add_bos=True)
+    for name, t in load_file(folder / "model.safetensors").items():
+        base, suffix = name.rsplit(".", 1)
+        g = names.get_name(base)
+        assert g is not None, name
+        if name.endswith("norm.weight"):
+            t = t + np.float32(1.0)
+        w.add_tensor(f"{g}.{suffix}", np.ascontiguousarray(t, np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

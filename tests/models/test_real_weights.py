@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from model_fixtures import left_padded_batch, torch_forward
 
-from mkejax.models import DEFAULT_MODEL, generate_greedy, load_model, load_tokenizer, resolve_source
+from mkejax.models import DEFAULT_MODEL, generate, generate_greedy, load_model, load_tokenizer, resolve_source
 
 pytestmark = pytest.mark.slow
 TEXTS = ["The capital of France is", "Hello, my name is", "La capital de España es", "中国的首都是"]
@@ -42,19 +42,6 @@ def test_greedy_paris(smollm2):
     assert text.startswith(" Paris"), text
 
 
-def test_logits_equal_transformers_gguf_load(smollm2):
-    import transformers
-
-    path, model, tok = smollm2
-    ref_model = transformers.AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype="float32"
-    )
-    ids, mask, pos = left_padded_batch(tok, TEXTS)
-    want = torch_forward(ref_model.eval(), ids, mask, pos).logits.float().numpy()
-    got = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)))
-    assert np.max(np.abs(got - want) * mask[..., None]) <= 1e-3
-
-
 def test_tokenizer_equals_transformers_gguf_file(smollm2):
     import transformers
 
@@ -64,3 +51,39 @@ def test_tokenizer_equals_transformers_gguf_file(smollm2):
     assert [ours(t)["input_ids"] for t in texts] == [theirs(t)["input_ids"] for t in texts]
     chat = [{"role": "user", "content": "What is the capital of France?"}]
     assert ours.apply_chat_template(chat, tokenize=False) == theirs.apply_chat_template(chat, tokenize=False)
+
+
+@pytest.fixture(scope="module")
+def transformers_gguf(smollm2):
+    import transformers
+
+    path = smollm2[0]
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype="float32"
+    ).eval()
+
+
+def test_logits_equal_transformers_gguf_load(smollm2, transformers_gguf):
+    _, model, tok = smollm2
+    ids, mask, pos = left_padded_batch(tok, TEXTS)
+    want = torch_forward(transformers_gguf, ids, mask, pos).logits.float().numpy()
+    got = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)))
+    assert np.max(np.abs(got - want) * mask[..., None]) <= 1e-3
+
+
+def test_kv_cache_generate_equals_transformers_generate(smollm2, transformers_gguf):
+    import torch
+
+    _, model, tok = smollm2
+    steps = 12
+    out = generate(model, tok, TEXTS, max_new_tokens=steps)
+    plain = generate(model, tok, TEXTS, max_new_tokens=steps, use_cache=False)
+    eos = sorted({tok.eos_token_id, *model.config.eos_token_ids})
+    enc = tok(TEXTS, padding=True, padding_side="left", return_tensors="pt")
+    with torch.no_grad():
+        ref = transformers_gguf.generate(
+            **enc, max_new_tokens=steps, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=eos
+        )[:, enc["input_ids"].shape[1] :].numpy()
+    assert np.array_equal(out.token_ids, plain.token_ids)
+    for ours, theirs, n in zip(out.token_ids, ref, out.lengths):
+        assert list(ours[:n]) == list(theirs[:n])

@@ -1,6 +1,12 @@
-"""The NNX backbone against transformers' torch models on tiny random Llama / Llama-3.1 / Qwen2 checkpoints.
+"""The NNX backbones against transformers' torch models on tiny random Llama / Llama-3.1 / Qwen2 / Gemma 3
+checkpoints (Gemma 3: multi-query attention, a sliding window shorter than the prompts, both RoPE bases; one
+variant with attention and final-logit soft-capping, RoPE scaling and an untied head).
 
-Tolerances (float32): logits <= 1e-4 max abs (full forward, attention); captured keys and layer outputs <= 1e-5.
+Tolerances (float32): logits <= 1e-4 max abs (full forward, attention); captured keys <= 1e-5 max abs; layer
+outputs (the residual stream) <= 2e-6 relative to the largest reference value. The stream's float32 error scales
+with its size, which differs by family: Gemma's embeddings are scaled by √D and every post-norm adds an
+RMS-1 vector, so its stream is ~5-10x Llama's here while the relative error is the same (~8e-7). For the Llama
+variants (streams <= 5 in size) the relative bound is tighter than the former 1e-5 absolute one.
 Every comparison is on a left-padded batch with an attention mask and transformers-style position ids.
 """
 
@@ -14,11 +20,11 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from model_fixtures import VARIANTS, left_padded_batch, torch_forward
+from model_fixtures import ALL_VARIANTS, left_padded_batch, torch_forward
 
 from mkejax.models import Injection, load_model, load_tokenizer
 
-LOGIT_TOL, ACT_TOL = 1e-4, 1e-5
+LOGIT_TOL, ACT_TOL, OUT_REL_TOL = 1e-4, 1e-5, 2e-6
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +46,7 @@ def _masked_max(a, b, mask):
     return float(np.max(np.abs(np.asarray(a) - np.asarray(b)) * mask[..., None]))
 
 
-@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("name", ALL_VARIANTS)
 def test_logits_match_torch(setup, name):
     model, tm, ids, mask, pos = setup(name)
     want = torch_forward(tm, ids, mask, pos).logits.numpy()
@@ -50,7 +56,7 @@ def test_logits_match_torch(setup, name):
     assert _masked_max(got, want, mask) <= LOGIT_TOL
 
 
-@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("name", ALL_VARIANTS)
 def test_keys_and_outputs_match_torch_hooks(setup, name):
     model, tm, ids, mask, pos = setup(name)
     n_layers = model.config.num_hidden_layers
@@ -78,14 +84,15 @@ def test_keys_and_outputs_match_torch_hooks(setup, name):
         k, o = keys[i].numpy(), outs[i].numpy()
         assert out.keys[i].shape == (len(ids), model.config.intermediate_size)
         assert np.abs(np.asarray(out.keys[i]) - k[rows, at]).max() <= ACT_TOL
-        assert np.abs(np.asarray(out.outputs[i]) - o[rows, at]).max() <= ACT_TOL
+        out_tol = OUT_REL_TOL * np.abs(o * mask[..., None]).max()
+        assert np.abs(np.asarray(out.outputs[i]) - o[rows, at]).max() <= out_tol
         assert _masked_max(every.keys[i], k, mask) <= ACT_TOL
-        assert _masked_max(every.outputs[i], o, mask) <= ACT_TOL
+        assert _masked_max(every.outputs[i], o, mask) <= out_tol
         if i < n_layers - 1:  # transformers' last hidden state is after the final norm
-            assert _masked_max(every.outputs[i], ref.hidden_states[i + 1].numpy(), mask) <= ACT_TOL
+            assert _masked_max(every.outputs[i], ref.hidden_states[i + 1].numpy(), mask) <= out_tol
 
 
-@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("name", ALL_VARIANTS)
 def test_delta_matches_torch_with_changed_weight(setup, name):
     model, tm, ids, mask, pos = setup(name)
     cfg = model.config
@@ -105,9 +112,10 @@ def test_delta_matches_torch_with_changed_weight(setup, name):
     assert np.array_equal(np.asarray(weight), tm.model.layers[layer].mlp.down_proj.weight.detach().numpy())
 
 
-def test_deltas_vmap_over_leading_axis(setup):
+@pytest.mark.parametrize("name", ["qwen2", "gemma3"])
+def test_deltas_vmap_over_leading_axis(setup, name):
     """A leading axis over deltas (e.g. languages) under jax.vmap + jit equals one forward per delta."""
-    model, _, ids, mask, _ = setup("qwen2")
+    model, _, ids, mask, _ = setup(name)
     cfg = model.config
     deltas = np.random.default_rng(2).normal(
         0, 0.05, (3, cfg.hidden_size, cfg.intermediate_size)
@@ -125,7 +133,7 @@ def test_deltas_vmap_over_leading_axis(setup):
         assert _masked_max(got[j], one.logits, mask) <= ACT_TOL
 
 
-@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("name", ALL_VARIANTS)
 def test_injection_matches_torch_hook(setup, name):
     model, tm, ids, mask, pos = setup(name)
     layer = 0
@@ -148,7 +156,7 @@ def test_injection_matches_torch_hook(setup, name):
     assert _masked_max(got, model(jnp.asarray(ids), jnp.asarray(mask)), mask) > 100 * LOGIT_TOL
 
 
-@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("name", ALL_VARIANTS)
 def test_start_layer_equals_full_forward(setup, name):
     model, _, ids, mask, _ = setup(name)
     ids, mask = jnp.asarray(ids), jnp.asarray(mask)
