@@ -14,6 +14,12 @@ _EXPORTS = {
     "CausalLM": "mkejax.models",
     "ModelConfig": "mkejax.models",
     "DEFAULT_MODEL": "mkejax.models",
+    "GEMMA3_270M": "mkejax.models",
+    "DecoderLM": "mkejax.models",
+    "Gemma3CausalLM": "mkejax.models",
+    "Gemma3Config": "mkejax.models",
+    "KVCache": "mkejax.models",
+    "generate": "mkejax.models",
     "load_model": "mkejax.models",
     "load_tokenizer": "mkejax.models",
     "generate_greedy": "mkejax.models",
@@ -26,16 +32,22 @@ _EXPORTS = {
     "SubjectPolicy": "mkejax.data",
     # editing
     "key_statistics": "mkejax.edit",
+    "corpus_statistics": "mkejax.edit",
+    "StatsSpec": "mkejax.edit",
     "load_preset": "mkejax.presets",
+    "EditHparams": "mkejax.edit",
+    "edit": "mkejax.edit",
+    "rome_edit": "mkejax.edit",
     "solve_memit": "mkejax.edit",
     "solve_alphaedit": "mkejax.edit",
+    "solve_emmet": "mkejax.edit",
     "nullspace_projection": "mkejax.edit",
     # per-language edit vectors and baselines (Lee et al. 2026)
-    "edit_languages": "mkejax.edit.languages",
-    "language_targets": "mkejax.edit.languages",
-    "edit_joint": "mkejax.edit.languages",
-    "edit_single": "mkejax.edit.languages",
-    "EditSet": "mkejax.edit.languages",
+    "edit_languages": "mkejax.edit",
+    "language_targets": "mkejax.edit",
+    "edit_joint": "mkejax.edit",
+    "edit_single": "mkejax.edit",
+    "EditSet": "mkejax.edit",
     # merging (mkejax.merge.merge is the merge function; `mkejax.merge` is its subpackage)
     "apply": "mkejax.merge",
     # evaluation
@@ -44,6 +56,7 @@ _EXPORTS = {
     # runner
     "load_config": "mkejax.config",
     "ArtefactStore": "mkejax.checkpoint",
+    "RunLock": "mkejax.runner",
     "run": "mkejax.runner",
 }
 

@@ -11,12 +11,9 @@ run in its artefact store, keyed by :func:`template_settings`).
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from mkejax.edit.digest import model_digest
 from mkejax.edit.hparams import TemplateSpec
@@ -53,42 +50,19 @@ class ContextTemplates:
         return cls((("{}",), rest) if rest else (("{}",),))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "top_k"))
-def _step(graphdef, state, ids, mask, lengths, limit, key, *, top_k: int):
-    # ids/mask [S, T]; lengths [S] current lengths; the next token goes to index `lengths`.
-    model = nnx.merge(graphdef, state)
-    logits = model(ids, mask)  # [S, T, V]
-    last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]  # [S, V]
-    top_vals, top_idx = jax.lax.top_k(last, top_k)  # [S, k]
-    choice = jax.random.categorical(key, top_vals, axis=-1)  # [S]
-    token = jnp.take_along_axis(top_idx, choice[:, None], axis=1)[:, 0]
-    grow = lengths < limit  # [S]
-    at = jax.nn.one_hot(lengths, ids.shape[1], dtype=jnp.int32) * grow[:, None].astype(jnp.int32)
-    ids = ids * (1 - at) + at * token[:, None]
-    mask = jnp.maximum(mask, at)
-    return ids, mask, lengths + grow.astype(jnp.int32)
-
-
 def generate_texts(model, tokenizer, prompts: list[str], *, length: int, top_k: int, seed: int) -> list[str]:
-    """Continues each prompt to ``length`` tokens (BOS not counted) by top-k sampling; returns decoded texts."""
-    enc = [tokenizer(p)["input_ids"] for p in prompts]
-    n_special = len(tokenizer("x")["input_ids"]) - len(tokenizer("x", add_special_tokens=False)["input_ids"])
-    lengths = np.array([len(e) for e in enc], np.int32)
-    limit = np.maximum(lengths, length + n_special).astype(np.int32)
-    t = int(limit.max())
-    ids = np.zeros((len(enc), t), np.int32)
-    mask = np.zeros((len(enc), t), np.int32)
-    for i, e in enumerate(enc):  # right padding: the causal mask hides the unwritten tail
-        ids[i, : len(e)] = e
-        mask[i, : len(e)] = 1
-    graphdef, state = nnx.split(model)
-    key = jax.random.key(seed)
-    ids, mask, cur = jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(lengths)
-    for _ in range(int((limit - lengths).max())):
-        key, sub = jax.random.split(key)
-        ids, mask, cur = _step(graphdef, state, ids, mask, cur, jnp.asarray(limit), sub, top_k=top_k)
-    ids, cur = np.asarray(ids), np.asarray(cur)
-    return [tokenizer.decode(ids[i, : cur[i]], skip_special_tokens=True) for i in range(len(enc))]
+    """Continues each prompt to ``length`` tokens (special tokens not counted) by top-k sampling with the one
+    generation loop (:func:`mkejax.models.generate`, KV cache); returns the decoded prompt + continuation."""
+    from mkejax.models.generate import generate
+
+    plain = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    new = [max(0, length - len(ids)) for ids in plain]  # each text gets `length` tokens in all
+    if max(new) == 0:
+        return list(prompts)
+    out = generate(model, tokenizer, prompts, max_new_tokens=max(new), temperature=1.0, top_k=top_k,
+                   key=jax.random.key(seed))  # fmt: skip
+    return [tokenizer.decode(ids + [int(t) for t in row[: min(k, n)]], skip_special_tokens=True)
+            for ids, row, k, n in zip(plain, out.token_ids, new, out.lengths, strict=True)]  # fmt: skip
 
 
 def template_settings(model, tokenizer, spec: TemplateSpec, lang: str | None) -> dict:
