@@ -35,7 +35,7 @@ import yaml
 
 from mkejax.checkpoint import canonical, fingerprint
 from mkejax.data.corpus import CorpusSpec
-from mkejax.data.request import LANGUAGES
+from mkejax.data.request import LANGUAGES, MZSRE_LANGUAGES
 from mkejax.data.subject import SubjectPolicy
 from mkejax.sharding import AXES
 
@@ -161,7 +161,7 @@ class DataSection:
     """
 
     source: str | None = "demo"
-    languages: tuple[str, ...] = LANGUAGES
+    languages: tuple[str, ...] = MZSRE_LANGUAGES
     limit: int | None = None
     subject: SubjectPolicy = dataclasses.field(default_factory=SubjectPolicy)
 
