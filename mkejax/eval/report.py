@@ -3,6 +3,9 @@
 Tidy rows: ``model, method, merge, shared_cov, alpha, rank_ratio, edit_lang, test_lang, metric, value, n``.
 ``edit_lang`` is :data:`MERGED` (``"all"``) for a merged multilingual edit (protocol a), :data:`BASELINE`
 (``"none"``) for the unedited model (protocol c), and a language code for one language's edit alone (protocol b).
+With free generation (:mod:`mkejax.eval.generation`) the Markdown table puts each metric's generated exact
+match next to its teacher-forced score and adds the language-confusion rate, overall and per test language.
+Every table and matrix can be aggregated or ordered by language group (``groups``: {language: group}).
 Plots use matplotlib's Agg canvas directly (no global backend switch); every file is written to a temporary
 name and renamed, so an interrupted run leaves no half-written artefact.
 """
@@ -13,15 +16,17 @@ import contextlib
 import os
 import pathlib
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from mkejax.eval.metrics import METRICS
+from mkejax.data.languages import order_by_group
+from mkejax.eval.metrics import BEATS_OLD, METRICS
 from mkejax.eval.protocols import elfi_elfo, matrix
+from mkejax.eval.summary import VARIANT, by_group, language_confusion
 
 COLUMNS = (
     "model",
@@ -36,7 +41,6 @@ COLUMNS = (
     "value",
     "n",
 )
-VARIANT = ("model", "method", "merge", "shared_cov", "alpha", "rank_ratio")
 MERGED, BASELINE = "all", "none"
 SHORT = {"reliability": "Rel.", "generality": "Gen.", "locality": "Loc.", "portability": "Port."}
 PROTOCOL_NOTE = (
@@ -44,6 +48,12 @@ PROTOCOL_NOTE = (
     "scores the mean over answer tokens of [argmax at the previous position = the token]; locality is the share "
     "of locality-answer positions whose post-edit argmax equals the pre-edit argmax. Per-request scores are "
     "averaged per language; the four metric columns average the languages equally. Values in %."
+)
+GEN_NOTE = (
+    "Generated (gen): greedy continuation of the question (stops at newline or end of sequence); a pair scores 1 "
+    "when the normalised continuation (NFKC, case-folded, punctuation and spaces collapsed) starts with the "
+    "normalised answer — for locality the ground-truth answer. Conf.: share of measured continuations not in "
+    "the test language (language confusion; names and numbers shared across languages are not measured)."
 )
 
 
@@ -138,36 +148,93 @@ def _fmt(v: float, scale: float, digits: int) -> str:
     return "–" if pd.isna(v) else f"{v * scale:.{digits}f}"
 
 
+def _gen_present(df: pd.DataFrame) -> bool:
+    return df["metric"].astype(str).str.endswith("_gen_em").any()
+
+
 def markdown_table(
-    df: pd.DataFrame, *, languages: Sequence[str] | None = None, scale: float = 100.0, digits: int = 1
+    df: pd.DataFrame,
+    *,
+    languages: Sequence[str] | None = None,
+    scale: float = 100.0,
+    digits: int = 1,
+    groups: Mapping[str, str] | None = None,
 ) -> str:
     """Lee et al.'s layout: one row per merge variant (plus the pre-edit row), per model.
 
-    Columns: Rel., Gen., Loc., Port. averaged over test languages, then reliability per test language. Only
-    merged-edit and baseline rows are tabulated (the per-language matrix goes to :func:`plot_matrix`).
+    Columns: Rel., Gen., Loc., Port. averaged over test languages — each followed by its free-generation exact
+    match (``<metric>_gen_em``) and, when present, Rel.>old (``reliability_beats_old``) and Conf. (language
+    confusion) — then reliability per test language. With generation a second table gives the language-confusion
+    rate per test language; with ``groups`` a third gives the four metrics per language group. Only merged-edit
+    and baseline rows are tabulated (the per-language matrix goes to :func:`plot_matrix`).
     """
     rows = df[df["edit_lang"].isin([MERGED, BASELINE])]
     if rows.empty:
         raise ValueError("no merged-edit or baseline rows to tabulate")
     if languages is None:
         languages = list(dict.fromkeys(rows["test_lang"]))
+    if groups is not None:
+        languages = order_by_group(languages, groups)
+    gen = _gen_present(rows)
+    old = (rows["metric"] == BEATS_OLD).any()
+    columns = [(m, SHORT[m]) for m in METRICS]
+    if gen:
+        columns = [c for m, short in columns for c in ((m, short), (f"{m}_gen_em", f"{short} gen"))]
+    if old:
+        columns.append((BEATS_OLD, "Rel.>old"))
     out = []
     for model, sub in rows.groupby("model", sort=False):
-        header = ["Variant", *(SHORT[m] for m in METRICS), *languages]
+        header = ["Variant", *(label for _, label in columns), *(["Conf."] if gen else []), *languages]
         lines = [f"### {model}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        conf_lines = []
         keys = [*VARIANT, "edit_lang"]
         for _, g in sub.groupby(keys, sort=False, dropna=False):
             per_lang = g.pivot_table(index="metric", columns="test_lang", values="value", aggfunc="mean")
-            avg = [per_lang.loc[m].mean() if m in per_lang.index else np.nan for m in METRICS]
+            avg = [per_lang.loc[m].mean() if m in per_lang.index else np.nan for m, _ in columns]
+            if gen:
+                has_lang = g["metric"].astype(str).str.endswith("_gen_lang").any()
+                c = language_confusion(g).set_index("test_lang")["confusion"] if has_lang else pd.Series()
+                avg.append(c.mean() if len(c) else np.nan)
+                conf_lines.append([_label(g.iloc[0]), *(_fmt(c.get(lang, np.nan), scale, digits)
+                                                        for lang in languages)])  # fmt: skip
             rel = [
                 per_lang.loc["reliability"].get(lang, np.nan) if "reliability" in per_lang.index else np.nan
                 for lang in languages
             ]
             cells = [_label(g.iloc[0]), *(_fmt(v, scale, digits) for v in [*avg, *rel])]
             lines.append("| " + " | ".join(cells) + " |")
+        if gen:
+            lines += [
+                "",
+                "Language confusion per test language (%)",
+                "",
+                "| " + " | ".join(["Variant", *languages]) + " |",
+                "|" + "---|" * (len(languages) + 1),
+            ]
+            lines += ["| " + " | ".join(cells) + " |" for cells in conf_lines]  # fmt: skip
+        if groups is not None:
+            lines += ["", group_markdown(sub, groups, scale=scale, digits=digits)]
         out.append("\n".join(lines))
     n = int(rows["n"].max())
-    return "\n\n".join(out) + f"\n\n{PROTOCOL_NOTE} Up to {n} requests per language.\n"
+    note = f"{PROTOCOL_NOTE} {GEN_NOTE}" if gen else PROTOCOL_NOTE
+    return "\n\n".join(out) + f"\n\n{note} Up to {n} requests per language.\n"
+
+
+def group_markdown(
+    df: pd.DataFrame, groups: Mapping[str, str], *, scale: float = 100.0, digits: int = 1
+) -> str:
+    """Metrics per language group (each language of a group weighs equally): one row per variant and group."""
+    metrics = [m for m in dict.fromkeys(df["metric"]) if m in METRICS or m.endswith("_gen_em")]
+    g = by_group(df[df["metric"].isin(metrics)], groups)
+    header = ["Variant", "Group", "Languages", *metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    keys = [*VARIANT, "edit_lang"]
+    for _, sub in g.groupby([*keys, "group"], sort=False, dropna=False):
+        vals = sub.set_index("metric")["value"]
+        cells = [_label(sub.iloc[0]), str(sub.iloc[0]["group"]), str(int(sub["languages"].max())),
+                 *(_fmt(vals.get(m, np.nan), scale, digits) for m in metrics)]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _save_figure(fig: Figure, path: pathlib.Path, dpi: int) -> pathlib.Path:
@@ -185,8 +252,15 @@ def plot_matrix(
     scale: float = 100.0,
     digits: int = 0,
     dpi: int = 120,
+    groups: Mapping[str, str] | None = None,
 ) -> pathlib.Path:
-    """Heatmap of a square edit-language x test-language table, values annotated, ELFI/ELFO in the title."""
+    """Heatmap of a square edit-language x test-language table, values annotated, ELFI/ELFO in the title.
+
+    With ``groups`` ({language: group}) rows and columns are ordered by group, and lines and labels mark the
+    group blocks (e.g. the Latin-script block of a 53 x 53 BMIKE-53 matrix)."""
+    if groups is not None:
+        table = table.reindex(index=order_by_group(table.index, groups),
+                              columns=order_by_group(table.columns, groups))  # fmt: skip
     values = table.to_numpy(dtype=np.float64)
     n_rows, n_cols = values.shape
     fig = Figure(figsize=(1.0 + 0.55 * n_cols, 1.0 + 0.5 * n_rows))
@@ -210,6 +284,16 @@ def plot_matrix(
                     color="black" if v > 0.6 else "white",
                 )
     fig.colorbar(im, ax=ax, fraction=0.04)
+    if groups is not None:
+        for axis, labels in (("x", list(table.columns)), ("y", list(table.index))):
+            names = [groups[lang] for lang in labels]
+            starts = [i for i in range(len(names)) if i == 0 or names[i] != names[i - 1]]
+            for i in starts[1:]:
+                (ax.axvline if axis == "x" else ax.axhline)(i - 0.5, color="white", linewidth=1.5)
+            if axis == "x":  # group names above the columns
+                ends = [*starts[1:], len(names)]
+                for a, b in zip(starts, ends):
+                    ax.text((a + b - 1) / 2, -0.8, names[a], ha="center", va="bottom", fontsize=7)
     if list(table.index) == list(table.columns):
         e = elfi_elfo(table)
         extra = f"ELFI {e['elfi'] * scale:.{digits + 1}f} · ELFO {e['elfo'] * scale:.{digits + 1}f}"
@@ -264,23 +348,26 @@ def write_report(
     *,
     name: str = "results",
     languages: Sequence[str] | None = None,
+    groups: Mapping[str, str] | None = None,
 ) -> list[pathlib.Path]:
     """Everything for a results table: CSV, JSON, Markdown, a heatmap per (variant, metric) of protocol-b rows,
-    and sweep plots over α / rank ratio where a variant has several values. Returns the written paths."""
+    and sweep plots over α / rank ratio where a variant has several values. With ``groups`` the Markdown has
+    the per-group table and the heatmaps are ordered by group. Returns the written paths."""
     out_dir = pathlib.Path(out_dir)
     paths = list(save_results(df, out_dir / name))
     if df["edit_lang"].isin([MERGED, BASELINE]).any():
         md = out_dir / f"{name}.md"
         with _atomic(md) as f:
-            f.write(markdown_table(df, languages=languages))
+            f.write(markdown_table(df, languages=languages, groups=groups))
         paths.append(md)
     per_lang = df[~df["edit_lang"].isin([MERGED, BASELINE])]
     for key, g in per_lang.groupby(list(VARIANT), dropna=False, sort=False):
         tag = "_".join(str(v) for v in key if pd.notna(v)).replace("/", "-").replace(" ", "")
         for metric in dict.fromkeys(g["metric"]):
-            table = matrix(g, metric, languages)
+            table = matrix(g, metric, languages, groups)
             title = f"{_label(g.iloc[0])} — {metric}"
-            paths.append(plot_matrix(table, out_dir / f"{name}_matrix_{tag}_{metric}.png", title=title))
+            out = out_dir / f"{name}_matrix_{tag}_{metric}.png"
+            paths.append(plot_matrix(table, out, title=title, groups=groups))
     merged = df[df["edit_lang"] == MERGED]
     for x in ("alpha", "rank_ratio"):
         if merged[x].nunique() > 1:

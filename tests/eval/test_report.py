@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mkejax.data.request import LANGUAGES
+from mkejax.data.request import MZSRE_LANGUAGES as LANGUAGES
 from mkejax.eval import (
     COLUMNS,
     METRICS,
