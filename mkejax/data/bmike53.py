@@ -16,8 +16,10 @@ Read from the data, not assumed:
 * Some records lack the translation (e.g. 39 of zsRE's 743 in Hebrew): those records are left out of that
   language (their ids are missing there; the ids of the others are unchanged) and counted in a warning.
 * ``old`` is missing in one record (WikiFactDiff, Afrikaans record with the key translated to ``oud``): its
-  ``old_answer`` is None. Any other missing, empty or non-string field raises a :class:`DataError` naming file,
-  record, language and field.
+  ``old_answer`` is None. Five WikiFactDiff records have an empty ``loc_ans`` (in every language): an empty
+  evaluation field (rephrase, loc, loc_ans, port, port_ans) leaves that pair out (None, as a source without it).
+  Any other missing, empty or non-string field raises a :class:`DataError` naming file, record, language and
+  field.
 
 Online: ``source="github"`` downloads the files of the pinned commit of ercong21/MultiKnow, each verified against
 its git blob id (:mod:`mkejax.data.bmike53_blobs`), cached as MzsRE's are (:mod:`mkejax.data.cache`).
@@ -55,6 +57,9 @@ FIELDS = {
     "port": "portability_prompt",
     "port_ans": "portability_answer",
 }
+# Evaluation fields a record may leave empty (WikiFactDiff: 5 records have an empty loc_ans in every language).
+OPTIONAL = ("rephrase", "loc", "loc_ans", "port", "port_ans")
+PAIRS = (("locality_prompt", "locality_answer"), ("portability_prompt", "portability_answer"))
 GITHUB_COMMIT = "6e3e245bf0a17edaecfb4d71664efc1b5fb67906"
 GITHUB_BASE = f"https://raw.githubusercontent.com/ercong21/MultiKnow/{GITHUB_COMMIT}/data/BMIKE53/"
 NON_ENGLISH = tuple(sorted(c for c in BMIKE53_LANGUAGES if c != "en"))
@@ -125,7 +130,16 @@ def _row(entry, *, dataset: str, file: str, record: int, lang: str) -> dict:
     where = {"file": file, "record": record, "lang": lang}
     if not isinstance(entry, Mapping):
         raise DataError(f"expected an object, got {type(entry).__name__}", **where)
-    row = {dst: text_field(entry.get(src), field=src, **where) for src, dst in FIELDS.items()}
+    row = {}
+    for src, dst in FIELDS.items():
+        value = entry.get(src)
+        if src in OPTIONAL and isinstance(value, str) and not value.strip():
+            row[dst] = None  # an evaluation field left empty by the benchmark: that pair is not scored
+        else:
+            row[dst] = text_field(value, field=src, **where)
+    for question, answer in PAIRS:  # a pair with an empty half is dropped whole
+        if row[question] is None or row[answer] is None:
+            row[question] = row[answer] = None
     case_id = entry.get("case_id")
     if not isinstance(case_id, int) or isinstance(case_id, bool):
         raise DataError(f"expected an integer case_id, got {case_id!r}", field="case_id", **where)
