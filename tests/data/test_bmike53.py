@@ -177,8 +177,16 @@ def test_copy_loads_and_skips_missing_translation(copy, caplog):
         (lambda r: r["en"].__setitem__("case_id", "x"), "integer case_id", "en", "case_id"),
         (lambda r: r["de"].__setitem__("subject", ["a"]), "expected a string, got list", "de", "subject"),
     ],
-    ids=["missing", "non-string", "empty", "empty-prompt", "optional-non-string", "case-id-mismatch",
-         "case-id-type", "list"],
+    ids=[
+        "missing",
+        "non-string",
+        "empty",
+        "empty-prompt",
+        "optional-non-string",
+        "case-id-mismatch",
+        "case-id-type",
+        "list",
+    ],
 )
 def test_malformed_record_named(copy, mutate, message, lang, field):
     folder, recs = copy
@@ -187,7 +195,11 @@ def test_malformed_record_named(copy, mutate, message, lang, field):
     with pytest.raises(DataError, match=message) as info:
         load_bmike53(folder, "CounterFact", ["de"])
     err = info.value
-    assert err.file.endswith("counterfact_test_de.json") and (err.record, err.lang, err.field) == (2, lang, field)
+    assert err.file.endswith("counterfact_test_de.json") and (err.record, err.lang, err.field) == (
+        2,
+        lang,
+        field,
+    )
 
 
 def test_file_level_errors(copy):
