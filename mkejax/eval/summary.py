@@ -89,7 +89,9 @@ def by_group(results: pd.DataFrame, groups: Mapping[str, str], *, column: str = 
         raise ValueError(f"languages {missing} have no group")
     df = results.assign(group=results[column].map(groups))
     keys = [c for c in df.columns if c not in (column, "value", "n", "group", "text", "id")]
-    keys = [*keys[: keys.index("metric")], "group", *keys[keys.index("metric") :]] if "metric" in keys else keys
+    keys = (
+        [*keys[: keys.index("metric")], "group", *keys[keys.index("metric") :]] if "metric" in keys else keys
+    )
     agg = {"value": "mean", column: "nunique", **({"n": "sum"} if "n" in df else {})}
     out = df.groupby(keys, sort=False, dropna=False).agg(agg).reset_index()
     return out.rename(columns={column: "languages"})
