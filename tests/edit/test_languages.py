@@ -230,7 +230,7 @@ SCRIPT = textwrap.dedent(
     assert jax.device_count() == 8, jax.devices()
     sys.path[:0] = [sys.argv[3], str(pathlib.Path(sys.argv[3]).parent)]  # this module and tests/ helpers
     from test_languages import MEMIT, synthetic_stats, rel
-    from mkejax.data import LANGUAGES, load_demo_facts
+    from mkejax.data import MZSRE_LANGUAGES as LANGUAGES, load_demo_facts
     from mkejax.edit.languages import edit_languages
     from mkejax.models import load_model, load_tokenizer
     from mkejax.sharding import DATA, LANG, make_mesh
