@@ -12,21 +12,19 @@ name and renamed, so an interrupted run leaves no half-written artefact.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pathlib
-import tempfile
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from mkejax.data.languages import order_by_group
+from mkejax.eval.labels import BASELINE, MERGED, VARIANT, atomic_open, variant_label
 from mkejax.eval.metrics import BEATS_OLD, METRICS
-from mkejax.eval.protocols import elfi_elfo, matrix
-from mkejax.eval.summary import VARIANT, by_group, language_confusion
+from mkejax.eval.plots import plot_matrix, plot_sweep
+from mkejax.eval.protocols import matrix
+from mkejax.eval.summary import PAIR_COLUMNS, by_group, language_confusion
 
 COLUMNS = (
     "model",
@@ -41,7 +39,6 @@ COLUMNS = (
     "value",
     "n",
 )
-MERGED, BASELINE = "all", "none"
 SHORT = {"reliability": "Rel.", "generality": "Gen.", "locality": "Loc.", "portability": "Port."}
 PROTOCOL_NOTE = (
     'Scoring: EasyEdit\'s teacher-forced token accuracy — the model reads `prompt + " " + answer`; a pair '
@@ -91,19 +88,6 @@ def tidy(
     return out[list(COLUMNS)].reset_index(drop=True)
 
 
-@contextlib.contextmanager
-def _atomic(path: pathlib.Path, mode: str = "w"):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_results(df: pd.DataFrame, stem: str | os.PathLike) -> tuple[pathlib.Path, pathlib.Path]:
     """Writes ``<stem>.csv`` and ``<stem>.json`` (a list of records); returns both paths."""
     missing = set(COLUMNS) - set(df.columns)
@@ -111,9 +95,9 @@ def save_results(df: pd.DataFrame, stem: str | os.PathLike) -> tuple[pathlib.Pat
         raise ValueError(f"results lack columns {sorted(missing)}")
     stem = pathlib.Path(stem)
     csv, js = stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + ".json")
-    with _atomic(csv) as f:
+    with atomic_open(csv) as f:
         df.to_csv(f, index=False)
-    with _atomic(js) as f:
+    with atomic_open(js) as f:
         f.write(df.to_json(orient="records", indent=1))
     return csv, js
 
@@ -126,22 +110,6 @@ def load_results(path: str | os.PathLike) -> pd.DataFrame:
     if missing:
         raise ValueError(f"{path}: not a results table (lacks columns {sorted(missing)})")
     return df
-
-
-def _label(row, skip: Sequence[str] = ()) -> str:
-    """A variant's row label, e.g. ``memit · tsvm · shared cov · α=1 · r=0.1`` (fields in ``skip`` left out)."""
-    if row.get("edit_lang") == BASELINE:
-        return "pre-edit"
-    parts = [str(row["method"])]
-    if pd.notna(row["merge"]):
-        parts.append(str(row["merge"]))
-    if pd.notna(row["shared_cov"]):
-        parts.append("shared cov" if bool(row["shared_cov"]) else "own cov")
-    if "alpha" not in skip and pd.notna(row["alpha"]):
-        parts.append(f"α={row['alpha']:g}")
-    if "rank_ratio" not in skip and pd.notna(row["rank_ratio"]):
-        parts.append(f"r={row['rank_ratio']:.3g}")
-    return " · ".join(parts)
 
 
 def _fmt(v: float, scale: float, digits: int) -> str:
@@ -195,13 +163,13 @@ def markdown_table(
                 has_lang = g["metric"].astype(str).str.endswith("_gen_lang").any()
                 c = language_confusion(g).set_index("test_lang")["confusion"] if has_lang else pd.Series()
                 avg.append(c.mean() if len(c) else np.nan)
-                conf_lines.append([_label(g.iloc[0]), *(_fmt(c.get(lang, np.nan), scale, digits)
+                conf_lines.append([variant_label(g.iloc[0]), *(_fmt(c.get(lang, np.nan), scale, digits)
                                                         for lang in languages)])  # fmt: skip
             rel = [
                 per_lang.loc["reliability"].get(lang, np.nan) if "reliability" in per_lang.index else np.nan
                 for lang in languages
             ]
-            cells = [_label(g.iloc[0]), *(_fmt(v, scale, digits) for v in [*avg, *rel])]
+            cells = [variant_label(g.iloc[0]), *(_fmt(v, scale, digits) for v in [*avg, *rel])]
             lines.append("| " + " | ".join(cells) + " |")
         if gen:
             lines += [
@@ -231,115 +199,10 @@ def group_markdown(
     keys = [*VARIANT, "edit_lang"]
     for _, sub in g.groupby([*keys, "group"], sort=False, dropna=False):
         vals = sub.set_index("metric")["value"]
-        cells = [_label(sub.iloc[0]), str(sub.iloc[0]["group"]), str(int(sub["languages"].max())),
+        cells = [variant_label(sub.iloc[0]), str(sub.iloc[0]["group"]), str(int(sub["languages"].max())),
                  *(_fmt(vals.get(m, np.nan), scale, digits) for m in metrics)]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _save_figure(fig: Figure, path: pathlib.Path, dpi: int) -> pathlib.Path:
-    FigureCanvasAgg(fig)
-    with _atomic(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
-    return path
-
-
-def plot_matrix(
-    table: pd.DataFrame,
-    path: str | os.PathLike,
-    *,
-    title: str | None = None,
-    scale: float = 100.0,
-    digits: int = 0,
-    dpi: int = 120,
-    groups: Mapping[str, str] | None = None,
-) -> pathlib.Path:
-    """Heatmap of a square edit-language x test-language table, values annotated, ELFI/ELFO in the title.
-
-    With ``groups`` ({language: group}) rows and columns are ordered by group, and lines and labels mark the
-    group blocks (e.g. the Latin-script block of a 53 x 53 BMIKE-53 matrix)."""
-    if groups is not None:
-        table = table.reindex(index=order_by_group(table.index, groups),
-                              columns=order_by_group(table.columns, groups))  # fmt: skip
-    values = table.to_numpy(dtype=np.float64)
-    n_rows, n_cols = values.shape
-    fig = Figure(figsize=(1.0 + 0.55 * n_cols, 1.0 + 0.5 * n_rows))
-    ax = fig.add_subplot()
-    im = ax.imshow(values * scale, cmap="viridis", vmin=0, vmax=scale, aspect="auto")
-    ax.set_xticks(range(n_cols), [str(c) for c in table.columns])
-    ax.set_yticks(range(n_rows), [str(i) for i in table.index])
-    ax.set_xlabel("test language")
-    ax.set_ylabel("edit language")
-    for i in range(n_rows):
-        for j in range(n_cols):
-            if np.isfinite(values[i, j]):
-                v = values[i, j]
-                ax.text(
-                    j,
-                    i,
-                    f"{v * scale:.{digits}f}",
-                    ha="center",
-                    va="center",
-                    fontsize=7,
-                    color="black" if v > 0.6 else "white",
-                )
-    fig.colorbar(im, ax=ax, fraction=0.04)
-    if groups is not None:
-        for axis, labels in (("x", list(table.columns)), ("y", list(table.index))):
-            names = [groups[lang] for lang in labels]
-            starts = [i for i in range(len(names)) if i == 0 or names[i] != names[i - 1]]
-            for i in starts[1:]:
-                (ax.axvline if axis == "x" else ax.axhline)(i - 0.5, color="white", linewidth=1.5)
-            if axis == "x":  # group names above the columns
-                ends = [*starts[1:], len(names)]
-                for a, b in zip(starts, ends):
-                    ax.text((a + b - 1) / 2, -0.8, names[a], ha="center", va="bottom", fontsize=7)
-    if list(table.index) == list(table.columns):
-        e = elfi_elfo(table)
-        extra = f"ELFI {e['elfi'] * scale:.{digits + 1}f} · ELFO {e['elfo'] * scale:.{digits + 1}f}"
-        title = extra if title is None else f"{title}\n{extra}"
-    if title:
-        ax.set_title(title, fontsize=9)
-    return _save_figure(fig, pathlib.Path(path), dpi)
-
-
-def plot_sweep(
-    df: pd.DataFrame,
-    path: str | os.PathLike,
-    *,
-    x: str = "alpha",
-    metrics: Sequence[str] = METRICS,
-    title: str | None = None,
-    dpi: int = 120,
-) -> pathlib.Path:
-    """Metrics (averaged over test languages) against ``x`` (``alpha`` or ``rank_ratio``), one panel per metric
-    and one line per variant (the other run fields). Only merged-edit rows with a value of ``x`` are used."""
-    if x not in ("alpha", "rank_ratio"):
-        raise ValueError(f"x must be 'alpha' or 'rank_ratio', got {x!r}")
-    rows = df[(df["edit_lang"] == MERGED) & df[x].notna() & df["metric"].isin(metrics)]
-    if rows.empty:
-        raise ValueError(f"no merged-edit rows with a value of {x!r}")
-    others = [c for c in VARIANT if c != x]
-    avg = rows.groupby([*others, x, "metric"], dropna=False)["value"].mean().reset_index()
-    present = [m for m in metrics if m in set(avg["metric"])]
-    n_lines = avg.groupby(others, dropna=False).ngroups
-    legend_rows = -(-n_lines // 3)  # the legend below the panels, three columns
-    fig = Figure(figsize=(3.2 * len(present), 3.0 + 0.22 * legend_rows), layout="constrained")
-    axes = fig.subplots(1, len(present), squeeze=False)[0]
-    for ax, metric in zip(axes, present):
-        for _, g in avg[avg["metric"] == metric].groupby(others, dropna=False, sort=False):
-            g = g.sort_values(x)
-            ax.plot(g[x], g["value"] * 100, marker="o", label=_label(g.iloc[0], skip=(x,)))
-        ax.set_title(metric, fontsize=9)
-        ax.set_xlabel("α" if x == "alpha" else "TSVM rank ratio")
-        ax.set_ylim(-2, 102)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("score (%)")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(3, n_lines), fontsize=7, frameon=False)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return _save_figure(fig, pathlib.Path(path), dpi)
 
 
 def write_report(
@@ -349,15 +212,17 @@ def write_report(
     name: str = "results",
     languages: Sequence[str] | None = None,
     groups: Mapping[str, str] | None = None,
+    pairs: pd.DataFrame | None = None,
 ) -> list[pathlib.Path]:
     """Everything for a results table: CSV, JSON, Markdown, a heatmap per (variant, metric) of protocol-b rows,
     and sweep plots over α / rank ratio where a variant has several values. With ``groups`` the Markdown has
-    the per-group table and the heatmaps are ordered by group. Returns the written paths."""
+    the per-group table, the heatmaps are ordered by group and the sweeps get a per-group figure; ``pairs``
+    (per-pair rows with generated texts) are written as ``<name>_pairs.csv/json``. Returns the written paths."""
     out_dir = pathlib.Path(out_dir)
     paths = list(save_results(df, out_dir / name))
     if df["edit_lang"].isin([MERGED, BASELINE]).any():
         md = out_dir / f"{name}.md"
-        with _atomic(md) as f:
+        with atomic_open(md) as f:
             f.write(markdown_table(df, languages=languages, groups=groups))
         paths.append(md)
     per_lang = df[~df["edit_lang"].isin([MERGED, BASELINE])]
@@ -365,11 +230,30 @@ def write_report(
         tag = "_".join(str(v) for v in key if pd.notna(v)).replace("/", "-").replace(" ", "")
         for metric in dict.fromkeys(g["metric"]):
             table = matrix(g, metric, languages, groups)
-            title = f"{_label(g.iloc[0])} — {metric}"
+            title = f"{variant_label(g.iloc[0])} — {metric}"
             out = out_dir / f"{name}_matrix_{tag}_{metric}.png"
             paths.append(plot_matrix(table, out, title=title, groups=groups))
     merged = df[df["edit_lang"] == MERGED]
     for x in ("alpha", "rank_ratio"):
         if merged[x].nunique() > 1:
             paths.append(plot_sweep(df, out_dir / f"{name}_sweep_{x}.png", x=x))
+            if groups is not None:
+                paths.append(plot_sweep(df, out_dir / f"{name}_sweep_{x}_groups.png", x=x, groups=groups))
+    if pairs is not None:
+        paths.extend(save_pairs(pairs, out_dir / f"{name}_pairs"))
     return paths
+
+
+def save_pairs(pairs: pd.DataFrame, stem: str | os.PathLike) -> tuple[pathlib.Path, pathlib.Path]:
+    """Writes per-pair rows (:func:`mkejax.eval.summary.tidy_pairs`, with the generated texts) as
+    ``<stem>.csv`` and ``<stem>.json``; returns both paths."""
+    missing = set(PAIR_COLUMNS) - set(pairs.columns)
+    if missing:
+        raise ValueError(f"per-pair rows lack columns {sorted(missing)}")
+    stem = pathlib.Path(stem)
+    csv, js = stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + ".json")
+    with atomic_open(csv) as f:
+        pairs.to_csv(f, index=False)
+    with atomic_open(js) as f:
+        f.write(pairs.to_json(orient="records", indent=1, force_ascii=False))
+    return csv, js

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-VARIANT = ("model", "method", "merge", "shared_cov", "alpha", "rank_ratio")
+from mkejax.eval.labels import VARIANT
+
 PAIR_COLUMNS = (*VARIANT, "edit_lang", "test_lang", "id", "metric", "value", "text")
 LANG_SUFFIX = "_gen_lang"
 

@@ -207,8 +207,13 @@ def test_matrix_ordered_by_group(results, tmp_path):
     assert [groups[c] for c in order] == sorted((groups[c] for c in order), key=order_key(groups, order))
     png = plot_matrix(table, tmp_path / "grouped.png", groups=groups)
     assert png.read_bytes()[:8] == PNG
-    paths = write_report(results, tmp_path / "rep", groups=groups)
-    assert any(p.name.startswith("results_matrix_") for p in paths)
+    pairs = tidy_pairs(pd.DataFrame({"lang": ["de"], "id": [0], "metric": ["reliability_gen_em"], "value": [1.0],
+                                     "text": ["Köln, Deutschland"]}), model="tiny", method="memit")  # fmt: skip
+    paths = write_report(results, tmp_path / "rep", groups=groups, pairs=pairs)
+    names = {p.name for p in paths}
+    assert any(n.startswith("results_matrix_") for n in names) and "results_sweep_alpha_groups.png" in names
+    back = pd.read_json(tmp_path / "rep" / "results_pairs.json", orient="records")
+    assert back["text"].tolist() == ["Köln, Deutschland"] and "results_pairs.csv" in names
     assert "| Variant | Group | Languages |" in (tmp_path / "rep" / "results.md").read_text()
 
 
