@@ -15,6 +15,7 @@ from mkejax.eval import (
     generate_continuations,
     language_confusion,
     prepare,
+    prepare_evaluation,
     prepare_generation,
     score_generation,
     summarise,
@@ -106,9 +107,10 @@ def test_edit_changes_the_continuation_and_evaluate_edit(hand):
     """A remap delta is applied inside generation; evaluate_edit adds the gen rows with their texts."""
     model, tok = hand  # default table: a letter continues with the next letter
     requests = {"de": [req(0, "de", "abcde", "rst", locality_prompt="mn", locality_answer="opq")]}
-    kw = {"generation": True, "style": PLAIN, "max_new_tokens": 3, "progress": False}
-    before = evaluate_edit(model, tok, requests, None, **kw)
-    after = evaluate_edit(model, tok, requests, remap_delta({"e": "q"}), **kw)
+    before = evaluate_edit(model, tok, requests, None, generation=True, style=PLAIN, max_new_tokens=3,
+                           progress=False)  # fmt: skip
+    prepared = prepare_evaluation(tok, requests, generation=True, style=PLAIN, max_new_tokens=3)  # reusable
+    after = evaluate_edit(model, None, prepared, remap_delta({"e": "q"}), generation=True, progress=False)
     b = before.set_index("metric")
     a = after.set_index("metric")
     assert b.loc["reliability_gen_em", "text"] == "fgh" and b.loc["reliability_gen_em", "value"] == 0.0
