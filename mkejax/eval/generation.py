@@ -10,7 +10,7 @@ that score 96.8 % teacher forced. Here every (question, answer) pair of a reques
 * ``<metric>_gen_contains``: the normalised answer occurs in the continuation
   (normalisation and rules: :mod:`mkejax.eval.textmatch`);
 * ``<metric>_gen_lang``: the continuation is in the test language (:mod:`mkejax.eval.langid`). NaN — not
-  measured, and counted by :func:`mkejax.eval.report.language_confusion` — for an answer without letters (a
+  measured, and counted by :func:`mkejax.eval.summary.language_confusion` — for an answer without letters (a
   number, a date), an answer that is the same in another language of the set for the same record (a name kept
   as it is), a test language the identifier does not know, or a continuation without letters.
 

@@ -22,7 +22,7 @@ BMIKE-53 WikiFactDiff  0.719   0.688
 (BMIKE-53 rows over the 51 languages lingua knows; answers are one to three words, many of them names, so
 these are lower bounds of what a sentence-long continuation gets.) lingua is better on 4 of 4 sets, clearly so
 for Chinese (0.99 vs 0.75-0.88), Latin, Cyrillic languages other than Russian, Celtic and Baltic languages;
-fastText is better for Russian, Japanese, Persian and Spanish. lingua does not know Galician and Cebuano:
+fastText is better for Russian, Japanese, Persian, German and Spanish. lingua knows neither Galician nor Cebuano:
 ``*_gen_lang`` is not measured for them (NaN, counted), rather than measured badly (fastText: 0.02-0.13 for
 Galician). Serbian in BMIKE-53 is written in Latin script, which lingua reads as Croatian or Bosnian: Serbian,
 Croatian and Bosnian count as one language here (``EQUIVALENT``).
