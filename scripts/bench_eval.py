@@ -112,10 +112,12 @@ def bench_generation(model, tok, path, args) -> dict:
 
     src = resolve_source(path)
     if src.kind == "gguf":  # transformers dequantises the same GGUF file
-        hf = transformers.AutoModelForCausalLM.from_pretrained(str(src.path.parent), gguf_file=src.path.name)
+        hf = transformers.AutoModelForCausalLM.from_pretrained(
+            str(src.path.parent), gguf_file=src.path.name, dtype=torch.float32
+        )
     else:
-        hf = transformers.AutoModelForCausalLM.from_pretrained(str(src.path))
-    hf = hf.float().eval()
+        hf = transformers.AutoModelForCausalLM.from_pretrained(str(src.path), dtype=torch.float32)
+    hf = hf.eval()
     enc = tok(prompts, padding=True, padding_side="left", return_tensors="pt")
     eos = tok.eos_token_id
     with torch.no_grad():
