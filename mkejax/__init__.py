@@ -26,6 +26,7 @@ _EXPORTS = {
     # data
     "EditRequest": "mkejax.data",
     "load_mzsre": "mkejax.data",
+    "load_bmike53": "mkejax.data",
     "load_demo_facts": "mkejax.data",
     "load_corpus": "mkejax.data",
     "CorpusSpec": "mkejax.data",

@@ -32,7 +32,12 @@ from typing import Any, Literal
 import yaml
 
 from mkejax.checkpoint import canonical, fingerprint
+<<<<<<< HEAD
 from mkejax.data.request import LANGUAGES
+=======
+from mkejax.data.corpus import CorpusSpec
+from mkejax.data.request import LANGUAGES, MZSRE_LANGUAGES
+>>>>>>> eval
 from mkejax.data.subject import SubjectPolicy
 from mkejax.edit.stats import StatsSpec
 from mkejax.schema import (
@@ -136,7 +141,7 @@ class DataSection:
     """
 
     source: str | None = "demo"
-    languages: tuple[str, ...] = LANGUAGES
+    languages: tuple[str, ...] = MZSRE_LANGUAGES
     limit: int | None = None
     subject: SubjectPolicy = dataclasses.field(default_factory=SubjectPolicy)
 

@@ -22,7 +22,7 @@ from mkejax.config import (
     load_config,
     shipped_configs,
 )
-from mkejax.data.request import LANGUAGES
+from mkejax.data.request import MZSRE_LANGUAGES
 from mkejax.runner import RunDirError, merged_name, prepare_run_dir, read_run_info
 
 EXPECTED = {"demo", "llama3.1-8b_memit", "llama3.1-8b_alphaedit", "qwen2.5-7b_memit", "qwen2.5-7b_alphaedit"}
@@ -41,7 +41,7 @@ def test_shipped_configs_load_and_round_trip(path):
     cfg = load_config(path)
     assert cfg.name == path.stem
     assert {v.name for v in cfg.merge.variants} == SIX
-    assert cfg.data.languages == LANGUAGES
+    assert cfg.data.languages == MZSRE_LANGUAGES
     assert config_from_dict(cfg.to_dict()) == cfg
     assert config_from_dict(yaml.safe_load(cfg.to_yaml())).config_hash() == cfg.config_hash()
 

@@ -34,7 +34,7 @@ import numpy as np
 from mkejax.data import dataset_build
 from mkejax.data.cache import offline
 from mkejax.data.errors import CorpusError
-from mkejax.data.request import ISO_TO_FILE, LANGUAGES
+from mkejax.data.request import ISO_TO_FILE, LANGUAGES, MZSRE_LANGUAGES
 from mkejax.data.tokens import TokenBatch, token_batches
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class CorpusSpec:
     """
 
     kind: str
-    languages: tuple[str, ...] = LANGUAGES
+    languages: tuple[str, ...] = MZSRE_LANGUAGES
     weights: tuple[float, ...] | None = None
     paths: tuple[str, ...] = ()
     tsv_column: int | None = None
@@ -113,13 +113,13 @@ class CorpusSpec:
             raise ValueError("max_docs_per_language must be >= 1 or None")
 
     @classmethod
-    def zsre_train(cls, folder: str | os.PathLike, languages=LANGUAGES, **kw) -> CorpusSpec:
+    def zsre_train(cls, folder: str | os.PathLike, languages=MZSRE_LANGUAGES, **kw) -> CorpusSpec:
         """The translated zsRE training questions (``question<TAB>answer`` files): the question column."""
         pattern = str(pathlib.Path(folder) / "zsre_mend_train_{code}_10000.txt")
         return cls(kind="files", languages=tuple(languages), paths=(pattern,), tsv_column=0, **kw)
 
     @classmethod
-    def wikipedia(cls, languages=LANGUAGES, date: str = "20231101", **kw) -> CorpusSpec:
+    def wikipedia(cls, languages=MZSRE_LANGUAGES, date: str = "20231101", **kw) -> CorpusSpec:
         """``wikimedia/wikipedia``, one config ``{date}.{lang}`` per language, streamed."""
         return cls(
             kind="hf", languages=tuple(languages), name="wikimedia/wikipedia", config=f"{date}.{{lang}}", **kw

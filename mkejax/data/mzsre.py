@@ -1,5 +1,6 @@
 """MzsRE (multilingual zsRE; Wang et al. 2023, "Retrieval-augmented Multilingual Knowledge Editing", arXiv
-2312.13040): 743 parallel facts in 12 languages, read through ``datasets.load_dataset("json", ...)``.
+2312.13040): 743 parallel facts in 12 languages, read by content (:mod:`mkejax.data.files`: no cache keyed on
+path and mtime can serve stale records).
 
 The 11 English-pivot files ``mzsre_test_duplicate_en{xx}.json`` (xx in cz de du es fr pt ru th tr vi zh) hold all
 12 languages; record i is the same fact in every language. Each record is ``{"en": {...}, "<xx>": {...}}`` with the
@@ -14,7 +15,6 @@ Every validation error is a ``DataError`` naming the file, the record index, the
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import pathlib
@@ -24,7 +24,8 @@ import datasets
 
 from mkejax.data.cache import cache_dir, download
 from mkejax.data.errors import DataError
-from mkejax.data.request import FILE_TO_ISO, ISO_TO_FILE, LANGUAGES, EditRequest
+from mkejax.data.files import read_json_records, text_field
+from mkejax.data.request import FILE_TO_ISO, ISO_TO_FILE, MZSRE_LANGUAGES, EditRequest
 from mkejax.data.subject import DEFAULT_POLICY, SubjectPolicy, coverage_table, format_coverage, locate_subject
 
 logger = logging.getLogger(__name__)
@@ -65,14 +66,16 @@ COLUMNS = (
 def iso_code(code: str) -> str:
     """ISO 639-1 code for an MzsRE file code or an ISO code (``cz`` -> ``cs``, ``du`` -> ``nl``)."""
     iso = FILE_TO_ISO.get(code, code)
-    if iso not in LANGUAGES:
-        raise DataError(f"unknown language {code!r}; valid: {LANGUAGES} (file codes cz, du also accepted)")
+    if iso not in MZSRE_LANGUAGES:
+        raise DataError(
+            f"unknown language {code!r}; valid: {MZSRE_LANGUAGES} (file codes cz, du also accepted)"
+        )
     return iso
 
 
 def _languages(languages: Iterable[str] | None) -> list[str]:
     if languages is None:
-        return list(LANGUAGES)
+        return list(MZSRE_LANGUAGES)
     if isinstance(languages, str):
         languages = [languages]
     out = []
@@ -86,81 +89,9 @@ def _languages(languages: Iterable[str] | None) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- reading files
-def _locate_bad_record(text: str) -> tuple[int | None, str]:
-    """For a file that is not valid JSON: the index of the first record that does not parse, and why."""
-    decoder = json.JSONDecoder()
-    pos = len(text) - len(text.lstrip())
-    if not text[pos:].startswith("["):
-        try:
-            json.loads(text)
-        except json.JSONDecodeError as e:
-            return None, f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
-        return None, "expected a JSON list of records"
-    pos += 1
-    index = 0
-    while True:
-        while pos < len(text) and text[pos] in " \t\r\n":
-            pos += 1
-        if text.startswith("]", pos):
-            return None, "invalid JSON after the closing bracket"
-        try:
-            _, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            return index, f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
-        while pos < len(text) and text[pos] in " \t\r\n":
-            pos += 1
-        if text.startswith(",", pos):
-            pos += 1
-            index += 1
-        elif text.startswith("]", pos):
-            return None, "invalid JSON after the closing bracket"
-        else:
-            line = text.count("\n", 0, pos) + 1
-            return index + 1, f"invalid JSON at line {line}: expected ',' or ']' between records"
-
-
-def read_records(path: pathlib.Path) -> list[dict]:
-    """Reads a JSON list of records with ``datasets.load_dataset("json", ...)``.
-
-    Raises:
-      DataError: for a missing file, invalid JSON (with the index of the first broken record) or content that
-        does not form a table.
-    """
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise DataError("file not found", file=str(path))
-    with open(path, "rb") as f:
-        opens_list = f.read(4096).lstrip().startswith(b"[")  # datasets would also read a JSON-lines file
-    error: Exception | None = None
-    if opens_list:
-        try:
-            return datasets.load_dataset("json", data_files=str(path), split="train").to_list()
-        except Exception as e:  # noqa: BLE001 (datasets wraps parser errors in many types; diagnosed below)
-            error = e
-    text = path.read_text(encoding="utf-8", errors="replace")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        record, why = _locate_bad_record(text)
-        raise DataError(why, file=str(path), record=record) from error
-    if not isinstance(data, list):
-        raise DataError(
-            f"expected a JSON list of records, got {type(data).__name__}", file=str(path)
-        ) from error
-    # Valid JSON that datasets cannot tabulate (mixed types): validated record by record by the caller.
-    return data
-
-
-def _text(value, *, file: str, record: int, lang: str, field: str) -> str:
-    if value is None:
-        raise DataError("missing field", file=file, record=record, lang=lang, field=field)
-    if not isinstance(value, str):
-        raise DataError(f"expected a string, got {type(value).__name__}", file=file, record=record, lang=lang,
-                        field=field)  # fmt: skip
-    value = value.strip()
-    if not value:
-        raise DataError("empty field", file=file, record=record, lang=lang, field=field)
-    return value
+def read_records(path: pathlib.Path) -> list:
+    """The file's JSON list of records, read by content (no cache; see :mod:`mkejax.data.files`)."""
+    return read_json_records(path).data
 
 
 def parse_records(records: Sequence, file: str, languages: Sequence[str]) -> dict[str, list[dict]]:
@@ -192,17 +123,17 @@ def parse_records(records: Sequence, file: str, languages: Sequence[str]) -> dic
                     f"expected an object, got {type(entry).__name__}", file=file, record=i, lang=code
                 )
             where = {"file": file, "record": i, "lang": code}
-            v = {f: _text(entry.get(f), field=f, **where) for f in FIELDS}
+            v = {f: text_field(entry.get(f), field=f, **where) for f in FIELDS}
             port = entry.get(PORTABILITY)
             if port is None:
                 raise DataError("missing field", field=PORTABILITY, **where)
             if not isinstance(port, Mapping):
                 raise DataError(f"expected an object, got {type(port).__name__}", field=PORTABILITY, **where)
-            p = {f: _text(port.get(f), field=f"{PORTABILITY}.{f}", **where) for f in PORTABILITY_FIELDS}
+            p = {f: text_field(port.get(f), field=f"{PORTABILITY}.{f}", **where) for f in PORTABILITY_FIELDS}
             loc = v["loc"]
             prefix = NQ_PREFIX.rstrip()  # English NQ questions carry "nq question: "; it is not the question
             if loc.lower().startswith(prefix):
-                loc = _text(loc[len(prefix) :], field="loc", **where)
+                loc = text_field(loc[len(prefix) :], field="loc", **where)
             out[lang].append(
                 {
                     "id": i,
@@ -303,7 +234,7 @@ def mzsre_dataset(
 ) -> datasets.Dataset:
     """MzsRE as one long-format ``datasets.Dataset``: a row per (language, record), columns ``COLUMNS``.
 
-    Rows are ordered by language (``LANGUAGES`` order, or the order of ``languages``), then record id.
+    Rows are ordered by language (``MZSRE_LANGUAGES`` order, or the order of ``languages``), then record id.
     """
     table = read_mzsre(source, languages, limit)
     rows = [row for lang in table for row in table[lang]]
@@ -321,6 +252,8 @@ def requests_from_rows(
             aliases = [row["subject_en"]] if row.get("subject_en") else []
             span, rule = locate_subject(row["prompt"], row["subject"], policy, aliases)
             fields = {c: row[c] for c in COLUMNS if c != "subject_en"}
+            if row.get("old_answer") is not None:  # BMIKE-53 CounterFact / WikiFactDiff
+                fields["old_answer"] = row["old_answer"]
             reqs.append(EditRequest(**fields, subject_span=span, subject_rule=rule))
         out[lang] = reqs
     return out
@@ -339,7 +272,7 @@ def load_mzsre(
     Args:
       source: local folder, ``"github"`` / a base URL (downloaded once, cached), or None for
         ``$MKEJAX_DATA/mzsre``; see ``resolve_source``.
-      languages: ISO codes (or file codes cz/du); default all 12 in ``LANGUAGES`` order.
+      languages: ISO codes (or file codes cz/du); default all 12 in ``MZSRE_LANGUAGES`` order.
       limit: keep the first ``limit`` records.
       policy: how subjects are located in prompts (``mkejax.data.subject``).
       verbose: print the per-language subject coverage table (it is always logged at INFO).

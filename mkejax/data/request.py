@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
+from mkejax.data.languages import LANGUAGES, MZSRE_LANGUAGES  # noqa: F401  (re-exported)
+
 # MzsRE file codes -> ISO 639-1 (the files say cz for Czech and du for Dutch).
 FILE_TO_ISO = {"cz": "cs", "du": "nl"}
 ISO_TO_FILE = {v: k for k, v in FILE_TO_ISO.items()}
-LANGUAGES = ("en", "cs", "de", "es", "fr", "nl", "pt", "ru", "th", "tr", "vi", "zh")
 
 # Subject-location rules, in the order the policy tries them (see mkejax.data.subject). "alias": the parallel
 # English subject found in a translated prompt (MzsRE keeps many names in Latin script, e.g. in Thai prompts).
@@ -26,6 +27,8 @@ class EditRequest:
       target: the new answer.
       rephrase, locality_prompt, locality_answer, portability_prompt, portability_answer: evaluation pairs
         (None when the source has none).
+      old_answer: the true answer before the edit (CounterFact / WikiFactDiff ``old``), None when unknown; the
+        ``reliability_beats_old`` metric compares the target with it.
       subject_span: character span ``(start, end)`` of the subject in ``prompt``; None when the rule is
         ``last_token`` (edit at the prompt's last token) or ``skip``. Left out under the default rule
         ``exact``, it is found as the subject's first occurrence in the prompt (as EasyEdit's lookup does).
@@ -42,6 +45,7 @@ class EditRequest:
     locality_answer: str | None = None
     portability_prompt: str | None = None
     portability_answer: str | None = None
+    old_answer: str | None = None
     subject_span: tuple[int, int] | None = None
     subject_rule: str = "exact"
 

@@ -14,7 +14,9 @@ ru 340, th 125. The policy below tries, in order:
 4. ``fuzzy``: the contiguous run of prompt tokens whose character n-grams overlap most with the subject's
    (Dice coefficient of n-gram multisets), accepted at or above ``fuzzy_threshold``. Scripts written without
    spaces (CJK, Thai, Lao, Khmer, Myanmar, kana) are tokenised per character and compared on bigrams; other
-   scripts per word on trigrams, so declined forms ("Шмавона Шмавоняна" for "Шмавон Шмавонян") still match.
+   scripts (Latin, Cyrillic, Greek, Armenian, Georgian, Hebrew, Arabic, Devanagari, Bengali, Tamil, Hangul:
+   every script of BMIKE-53's 53 languages but Han, kana and Thai) per word on trigrams, a word keeping its
+   combining marks, so declined forms ("Шмавона Шмавоняна" for "Шмавон Шмавонян") still match.
    The subject and its aliases are all compared; the best span wins.
 5. ``last_token`` (edit at the prompt's last token) or ``skip``: a terminal rule. Skipped requests are kept with
    ``subject_rule="skip"`` so that callers can count and filter them; nothing is dropped silently. A policy
@@ -50,9 +52,20 @@ _UNSPACED = (
 # character; vowel/tone marks (category Mn) and the following vowels sara a/aa/am join the previous one.
 _LEADING = "\u0e40-\u0e44\u0ec0-\u0ec4"
 _TRAILING = "\u0300-\u036f\u0e30-\u0e3a\u0e47-\u0e4e\u0eb0-\u0ebc\u0ec8-\u0ecd"
+
+
+def _mark_class() -> str:
+    """Every combining mark (categories Mn, Mc, Me) of the Basic Multilingual Plane as a regex class body, plus
+    ZWNJ/ZWJ. Python's ``\\w`` excludes marks, so without them a Devanagari, Bengali or Tamil word (vowel signs
+    and viramas are marks) or a vocalised Arabic/Hebrew word would fall apart into letters."""
+    marks = [chr(c) for c in range(0x300, 0x10000) if unicodedata.category(chr(c))[0] == "M"]
+    return "".join(re.escape(c) for c in marks) + "\u200c\u200d"
+
+
+_MARKS = _mark_class()
 _TOKEN_RE = re.compile(
     rf"[{_LEADING}]*[{_UNSPACED}][{_TRAILING}]*"  # unspaced scripts: one character (+ its vowels and marks)
-    rf"|(?:(?![{_UNSPACED}])[^\W_]|[\u0300-\u036f])+"  # spaced scripts: one word
+    rf"|(?:(?![{_UNSPACED}])[^\W_]|[{_MARKS}])+"  # spaced scripts: one word (letters, digits and their marks)
 )
 _UNSPACED_RE = re.compile(f"[{_UNSPACED}]")
 

@@ -9,6 +9,10 @@ mean over the answer tokens of [argmax of the logits at the previous position ==
 * locality: (locality_prompt, locality_answer) — the share of answer positions where the edited model's argmax
   equals the *unedited* model's argmax (EasyEdit's ``locality_acc``; the AlphaEdit/MEMIT repositories instead
   compare with the ground-truth answer, as ``locality_em`` below does).
+* ``reliability_beats_old`` (requests with :attr:`EditRequest.old_answer`, i.e. CounterFact / WikiFactDiff): 1
+  when the target is more likely than the old answer after the prompt, comparing the teacher-forced log-
+  probability averaged over each answer's tokens — CounterFact's efficacy score (Meng et al. 2022, arXiv
+  2202.05262, ``compute_rewrite_quality_counterfact``: the new target's per-token NLL below the true one's).
 * optional ``*_em`` (ReMaKE-style exact match): 1 when greedy decoding of the answer's length reproduces the answer
   tokens exactly (for locality: the ground-truth locality answer). Greedy decoding emits token i+1 from the prompt
   and its first i emitted tokens; if it has emitted the answer so far, that is exactly the teacher-forced input, so
@@ -41,11 +45,12 @@ import pandas as pd
 
 from mkejax.data.request import EditRequest
 from mkejax.eval.encoding import Batch, answer_windows, encode_pairs, make_batches
+from mkejax.eval.prefix import PrefixStates
 from mkejax.eval.scoring import Delta, PreEditCache, model_fingerprint, predict
 from mkejax.models.llama import CausalLM
 
 METRICS = ("reliability", "generality", "locality", "portability")
-_FIELDS = {  # metric -> (question field, answer field) of EditRequest
+FIELDS = {  # metric -> (question field, answer field) of EditRequest
     "reliability": ("prompt", "target"),
     "generality": ("rephrase", "target"),
     "locality": ("locality_prompt", "locality_answer"),
@@ -53,6 +58,8 @@ _FIELDS = {  # metric -> (question field, answer field) of EditRequest
 }
 _LOCALITY = "locality"
 _EDIT = "edit"  # batch group of the answer-accuracy metrics
+_OLD = "_old"  # internal pairs (prompt, old answer) for reliability_beats_old; never reported themselves
+BEATS_OLD = "reliability_beats_old"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -113,7 +120,7 @@ def prepare(
     Batch shapes: one per length bucket (see :func:`mkejax.eval.encoding.make_batches`), so one compilation
     per bucket and delta structure, whatever the number of batches.
     """
-    unknown = [m for m in metrics if m not in _FIELDS]
+    unknown = [m for m in metrics if m not in FIELDS]
     if unknown:
         raise ValueError(f"unknown metrics {unknown}; valid: {', '.join(METRICS)}")
     rows, prompts, answers, names = [], [], [], []
@@ -122,7 +129,7 @@ def prepare(
             if req.lang != lang:
                 raise ValueError(f"request {req.lang}/{req.id} listed under language {lang!r}")
             for metric in metrics:
-                q_field, a_field = _FIELDS[metric]
+                q_field, a_field = FIELDS[metric]
                 q, a = getattr(req, q_field), getattr(req, a_field)
                 if q is None or a is None:
                     continue
@@ -130,6 +137,11 @@ def prepare(
                 prompts.append(q)
                 answers.append(a)
                 names.append(f"request {lang}/{req.id} {metric} ({q_field}, {a_field})")
+                if metric == "reliability" and req.old_answer is not None:
+                    rows.append((lang, req.id, _OLD))
+                    prompts.append(q)
+                    answers.append(req.old_answer)
+                    names.append(f"request {lang}/{req.id} {BEATS_OLD} (prompt, old_answer)")
     if not rows:
         raise ValueError("no (question, answer) pair to score: no requests, or none has the asked metrics")
     examples = encode_pairs(tokenizer, prompts, answers, names=names)
@@ -159,25 +171,36 @@ def prepare(
     return EvalSet(items, labels, valid, tuple(batches), h.hexdigest()[:32])
 
 
-def _pre_edit_locality(model, evalset, cache, mesh, progress, post=None) -> np.ndarray:
-    """Pre-edit predictions of the locality pairs (from the cache, or computed once and stored)."""
+def pre_edit_predictions(
+    model: CausalLM,
+    evalset: EvalSet,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    progress: bool = True,
+    prefix: PrefixStates | None = None,
+) -> np.ndarray:
+    """The unedited model's argmax on the locality pairs: int32 [N, K], -1 on the other rows.
+
+    Depends only on the model and the evaluation set (store it once per run, e.g. through the runner's artefact
+    store, and pass it to :func:`score` as ``pre_edit``).
+    """
+    loc = [b for b in evalset.batches if b.group == _LOCALITY]
+    if prefix is not None:  # keep the states of the locality batches only
+        hidden = tuple(h for b, h in zip(evalset.batches, prefix.hidden) if b.group == _LOCALITY)
+        prefix = dataclasses.replace(prefix, hidden=hidden)
+    return predict(model, loc, len(evalset.items), evalset.window, None, mesh=mesh, progress=progress,
+                   desc="pre-edit locality", prefix=prefix)  # fmt: skip
+
+
+def _pre_edit(model, evalset, cache, mesh, progress, prefix, post=None) -> np.ndarray:
+    """Pre-edit predictions of the locality pairs (from the cache, or computed once and stored there)."""
     key = PreEditCache.key(model_fingerprint(model), evalset.fingerprint)
     pre = cache.get(key)
     if pre is None:
         if post is not None:  # the unedited pass just ran: reuse it
             pre = np.where((evalset.items["metric"] == _LOCALITY).to_numpy()[:, None], post, -1)
         else:
-            loc = [b for b in evalset.batches if b.group == _LOCALITY]
-            pre = predict(
-                model,
-                loc,
-                len(evalset.items),
-                evalset.window,
-                None,
-                mesh=mesh,
-                progress=progress,
-                desc="pre-edit locality",
-            )
+            pre = pre_edit_predictions(model, evalset, mesh=mesh, progress=progress, prefix=prefix)
         cache.put(key, pre)
     return pre
 
@@ -188,6 +211,8 @@ def score(
     delta: Delta = None,
     *,
     cache: PreEditCache | None = None,
+    pre_edit: np.ndarray | None = None,
+    prefix: PrefixStates | None = None,
     exact_match: bool = False,
     mesh: jax.sharding.Mesh | None = None,
     progress: bool = True,
@@ -199,16 +224,23 @@ def score(
       evalset: from :func:`prepare`.
       delta: the edit: None (pre-edit), {layer: ΔW} / {HF down_proj name: ΔW} (added inside the forward), or any
         {HF parameter name: ΔW} (functional fallback; see :mod:`mkejax.eval.scoring`).
-      cache: pre-edit predictions for locality (a fresh one per call when None).
+      cache: pre-edit predictions for locality, in memory (a fresh one per call when None).
+      pre_edit: the pre-edit predictions themselves (:func:`pre_edit_predictions`); takes precedence over
+        ``cache``.
+      prefix: hidden states below the first edited layer (:func:`mkejax.eval.prefix.prefix_states`); the scores
+        equal the full forward's.
       exact_match: also report ``<metric>_em``.
       mesh: optional mesh whose ``data`` axis shards batch rows.
       progress: tqdm progress bars.
 
     Returns:
-      One row per pair: lang, id, metric, value, n_tokens (and ``<metric>_em`` rows when asked).
+      One row per pair: lang, id, metric, value, n_tokens (``<metric>_em`` rows when asked, and
+      ``reliability_beats_old`` rows for requests with an old answer).
     """
+    if prefix is not None and prefix.fingerprint != evalset.fingerprint:
+        raise ValueError("prefix states were computed for another evaluation set")
     cache = PreEditCache() if cache is None else cache
-    post = predict(
+    post, logp = predict(
         model,
         evalset.batches,
         len(evalset.items),
@@ -217,28 +249,51 @@ def score(
         mesh=mesh,
         progress=progress,
         desc="scoring" if delta is None else "scoring (edited)",
+        prefix=prefix,
+        return_logprob=True,
     )
-    is_loc = (evalset.items["metric"] == _LOCALITY).to_numpy()
+    metric = evalset.items["metric"].to_numpy()
+    is_loc = metric == _LOCALITY
     valid, n_tok = evalset.valid, evalset.items["n_tokens"].to_numpy()
     hits = (post == evalset.labels) & valid  # [N, K]
     if is_loc.any():
-        pre = _pre_edit_locality(model, evalset, cache, mesh, progress, post=post if delta is None else None)
+        if pre_edit is not None:
+            if pre_edit.shape != post.shape:
+                raise ValueError(f"pre_edit has shape {pre_edit.shape}, the evaluation set {post.shape}")
+            pre = pre_edit
+        else:
+            pre = _pre_edit(
+                model, evalset, cache, mesh, progress, prefix, post=post if delta is None else None
+            )
         same = (post == pre) & valid
         hits = np.where(is_loc[:, None], same, hits)
-    out = evalset.items[["lang", "id", "metric"]].copy()
+    keep = metric != _OLD
+    cols = ["lang", "id", "metric"]
+    out = evalset.items[cols].copy()
     out["value"] = hits.sum(axis=1) / n_tok
     out["n_tokens"] = n_tok
+    frames = [out[keep]]
     if exact_match:
-        em = evalset.items[["lang", "id", "metric"]].copy()
+        em = evalset.items[cols].copy()
         em["metric"] = em["metric"] + "_em"
         em["value"] = (((post == evalset.labels) & valid).sum(axis=1) == n_tok).astype(np.float64)
         em["n_tokens"] = n_tok
-        out = pd.concat([out, em], ignore_index=True)
-    return out
+        frames.append(em[keep])
+    old = np.flatnonzero(metric == _OLD)
+    if old.size:  # each old pair follows its reliability pair (see prepare)
+        mean_logp = np.where(valid, logp, 0.0).sum(axis=1) / n_tok  # [N] per-token mean log-probability
+        beats = evalset.items.iloc[old - 1][cols].copy()
+        beats["metric"] = BEATS_OLD
+        beats["value"] = (mean_logp[old - 1] > mean_logp[old]).astype(np.float64)
+        beats["n_tokens"] = n_tok[old - 1]
+        frames.append(beats)
+    return pd.concat(frames, ignore_index=True)
 
 
 def summarise(per_request: pd.DataFrame) -> pd.DataFrame:
     """Per-request scores -> one row per (test_lang, metric): value (mean over requests) and n (requests)."""
     g = per_request.groupby(["lang", "metric"], sort=False)["value"]
-    out = pd.DataFrame({"value": g.mean(), "n": g.size()}).reset_index()
+    # NaN values (a pair a metric does not apply to, e.g. a language-neutral answer for *_gen_lang) are
+    # skipped: n counts the pairs that were measured.
+    out = pd.DataFrame({"value": g.mean(), "n": g.count()}).reset_index()
     return out.rename(columns={"lang": "test_lang"})

@@ -16,8 +16,7 @@ import functools
 import hashlib
 import json
 import os
-import pathlib
-import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -82,25 +81,50 @@ def split_delta(model: CausalLM, delta: Delta) -> tuple[dict[int, jax.Array], di
 _LOGIT_BUDGET = 1 << 25
 
 
-@functools.partial(jax.jit, static_argnums=(0, 6, 7))
-def _argmax_window(graphdef, state, down, other, ids, mask, window, chunk):
-    """Argmax token ids [B, K] of the next-token logits at positions T-K-1 .. T-2 (the answer window)."""
+@functools.partial(jax.jit, static_argnums=(0, 6, 7, 9))
+def _argmax_window(graphdef, state, down, other, ids, mask, window, chunk, start_hidden=None, start_layer=0):
+    """Argmax token ids [B, K] of the next-token logits at positions T-K-1 .. T-2 (the answer window), and the
+    log-probability [B, K] of the token actually there (the answer tokens sit in the last K columns).
+
+    With ``start_hidden`` [B, T, D] (the input of layer ``start_layer``, see :mod:`mkejax.eval.prefix`) only
+    the layers from ``start_layer`` on run."""
     model = nnx.merge(graphdef, state)
     if other:
         for path, var in nnx.iter_graph(model):
             if isinstance(var, nnx.Param) and hf_name(path) in other:
                 var[...] = var[...] + other[hf_name(path)].astype(var.dtype)
     last = model.config.num_hidden_layers - 1
-    out = model.forward(ids, mask, deltas=down or None, stop_layer=last, return_hidden_after=last)
+    out = model.forward(
+        ids,
+        mask,
+        deltas=down or None,
+        start_layer=start_layer,
+        start_hidden=start_hidden,
+        stop_layer=last,
+        return_hidden_after=last,
+    )
     b, t = ids.shape
     # Only the answer window needs logits, and only `chunk` positions at a time: [B, K, V] for long answers and
     # large vocabularies (Qwen: 151k) would not fit.
     h = out.hidden[:, t - 1 - window : t - 1]  # [B, K, D]
+    nxt = ids[:, t - window :]  # [B, K] the token each window position predicts
     pad = -window % chunk
     h = jnp.pad(h, ((0, 0), (pad, 0), (0, 0)))  # [B, K + pad, D]
+    nxt = jnp.pad(nxt, ((0, 0), (pad, 0)))  # [B, K + pad]
     h = h.reshape(b, -1, chunk, h.shape[-1]).swapaxes(0, 1)  # [K', B, C, D]
-    pred = jax.lax.map(lambda x: jnp.argmax(model.unembed(x), axis=-1), h)  # [K', B, C]
-    return pred.swapaxes(0, 1).reshape(b, -1)[:, pad:].astype(jnp.int32)  # [B, K]
+    nxt = nxt.reshape(b, -1, chunk).swapaxes(0, 1)  # [K', B, C]
+
+    def one(args):
+        x, tok = args
+        logits = model.unembed(x)  # [B, C, V] float32
+        logp = jnp.take_along_axis(logits, tok[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(
+            logits, axis=-1
+        )
+        return jnp.argmax(logits, axis=-1), logp
+
+    pred, logp = jax.lax.map(one, (h, nxt))  # [K', B, C] each
+    pred = pred.swapaxes(0, 1).reshape(b, -1)[:, pad:].astype(jnp.int32)  # [B, K]
+    return pred, logp.swapaxes(0, 1).reshape(b, -1)[:, pad:]  # [B, K], [B, K]
 
 
 def _chunk(batch: int, window: int, vocab: int) -> int:
@@ -118,7 +142,9 @@ def predict(
     mesh: jax.sharding.Mesh | None = None,
     progress: bool = True,
     desc: str = "scoring",
-) -> np.ndarray:
+    prefix=None,
+    return_logprob: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Next-token argmax for the answer window of every example.
 
     Args:
@@ -130,37 +156,51 @@ def predict(
       mesh: optional mesh; batch rows are sharded over its ``data`` axis. The model's parameters must already be
         on that mesh (``load_model(..., mesh=mesh)`` or :func:`mkejax.sharding.shard_model`).
       progress: show a tqdm bar over batches.
+      prefix: :class:`mkejax.eval.prefix.PrefixStates` of exactly these ``batches``: each batch starts from its
+        stored hidden states at ``prefix.layer`` when the delta edits no layer below it (otherwise, or for a
+        non-down_proj delta, the full forward runs).
+      return_logprob: also return the log-probability of each answer slot's token.
 
     Returns:
       int32 [N, K] predicted token at each answer slot (slot j predicts the token at column T-K+j); -1 for slots
-      of examples not covered by ``batches``.
+      of examples not covered by ``batches``. With ``return_logprob``: (that, float32 [N, K] log-probabilities,
+      NaN where not covered).
     """
     down, other = split_delta(model, delta)
     graphdef, state = nnx.split(model)
-    sharding = None
+    start = 0
+    if prefix is not None:
+        if len(prefix.hidden) != len(batches):
+            raise ValueError(f"prefix holds {len(prefix.hidden)} batches, scoring {len(batches)}")
+        if not other and (not down or min(down) >= prefix.layer):
+            start = prefix.layer
+    sharding = sharding3 = None
     if mesh is not None:
         n_data = mesh.shape[DATA]
         if any(b.ids.shape[0] % n_data for b in batches):
             raise ValueError(f"batch size must be a multiple of the mesh's {DATA} axis ({n_data})")
-        sharding = batch_sharding(mesh)
+        sharding, sharding3 = batch_sharding(mesh), batch_sharding(mesh, 3)
     out = np.full((n_examples, window), -1, np.int32)
+    out_logp = np.full((n_examples, window), np.nan, np.float32)
 
     def collect(batch, pending):
-        pred = host_array(pending)  # [B, k]; gathered across processes when sharded over several
+        pred, logp = host_array(pending[0]), host_array(pending[1])  # [B, k]; gathered across processes
         keep = batch.rows >= 0
         out[batch.rows[keep], window - batch.window :] = pred[keep]
+        out_logp[batch.rows[keep], window - batch.window :] = logp[keep]
 
     previous = None
-    for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
+    for i, batch in enumerate(tqdm(batches, desc=desc, disable=not progress, leave=False)):
         ids, mask = jax.device_put(batch.ids, sharding), jax.device_put(batch.mask, sharding)  # [B, T]
         chunk = _chunk(batch.ids.shape[0], batch.window, model.config.vocab_size)
-        pending = _argmax_window(graphdef, state, down, other, ids, mask, batch.window, chunk)
+        hidden = None if start == 0 else jax.device_put(prefix.hidden[i], sharding3)  # [B, T, D]
+        pending = _argmax_window(graphdef, state, down, other, ids, mask, batch.window, chunk, hidden, start)
         if previous is not None:  # one batch in flight while the host copies the previous one back
             collect(*previous)
         previous = (batch, pending)
     if previous is not None:
         collect(*previous)
-    return out
+    return (out, out_logp) if return_logprob else out
 
 
 def model_fingerprint(model: CausalLM) -> str:
@@ -182,17 +222,24 @@ def model_fingerprint(model: CausalLM) -> str:
 
 
 class PreEditCache:
-    """Pre-edit argmax predictions, keyed by model fingerprint + evaluation-set fingerprint.
+    """Pre-edit argmax predictions in memory, keyed by model fingerprint + evaluation-set fingerprint.
 
     Locality compares post-edit with pre-edit predictions; the pre-edit ones depend only on the model and the
-    locality examples, so one computation serves every edit, merge variant and language of a run. With a
-    ``directory``, entries are also stored as ``.npz`` (written to a temporary file, then renamed) and survive
-    the process.
+    locality examples, so one computation serves every edit, merge variant and language of a run. Nothing is
+    written here: to keep them across processes, store :meth:`entries` (``{key: int32 [N, K]}``) through the
+    runner's artefact store and pass them back as ``PreEditCache(entries)``.
     """
 
-    def __init__(self, directory: str | os.PathLike | None = None):
-        self.directory = None if directory is None else pathlib.Path(directory)
-        self._entries: dict[str, np.ndarray] = {}
+    def __init__(self, entries: Mapping[str, np.ndarray] | None = None):
+        if isinstance(entries, str | os.PathLike):
+            warnings.warn(
+                "PreEditCache(directory) is gone: eval/ writes no files. The cache is in memory only; store "
+                "cache.entries() through the artefact store instead",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            entries = None
+        self._entries: dict[str, np.ndarray] = {k: np.asarray(v) for k, v in (entries or {}).items()}
         self.hits = 0
         self.misses = 0
 
@@ -200,13 +247,7 @@ class PreEditCache:
     def key(model_fp: str, set_fp: str) -> str:
         return hashlib.sha256(json.dumps([model_fp, set_fp]).encode()).hexdigest()[:32]
 
-    def _path(self, key: str) -> pathlib.Path:
-        return self.directory / f"pre_edit_{key}.npz"
-
     def get(self, key: str) -> np.ndarray | None:
-        if key not in self._entries and self.directory is not None and self._path(key).is_file():
-            with np.load(self._path(key), allow_pickle=False) as f:
-                self._entries[key] = f["pred"]
         if key in self._entries:
             self.hits += 1
             return self._entries[key]
@@ -214,17 +255,11 @@ class PreEditCache:
         return None
 
     def put(self, key: str, pred: np.ndarray) -> None:
-        self._entries[key] = pred
-        if self.directory is not None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".npz.tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    np.savez(f, pred=pred)
-                os.replace(tmp, self._path(key))
-            except BaseException:
-                pathlib.Path(tmp).unlink(missing_ok=True)
-                raise
+        self._entries[key] = np.asarray(pred)
+
+    def entries(self) -> dict[str, np.ndarray]:
+        """A copy of ``{key: predictions}`` (for storing elsewhere)."""
+        return dict(self._entries)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 
-from mkejax.data import LANGUAGES, coverage_table, load_demo_facts
+from mkejax.data import MZSRE_LANGUAGES as LANGUAGES
+from mkejax.data import coverage_table, load_demo_facts
 from mkejax.data.demo import demo_facts_records
 from mkejax.data.mzsre import FIELDS, PORTABILITY, PORTABILITY_FIELDS
 

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from mkejax.data import LANGUAGES, SUBJECT_RULES, DataError, coverage_table, load_mzsre, mzsre_dataset
+from mkejax.data import MZSRE_LANGUAGES as LANGUAGES
+from mkejax.data import SUBJECT_RULES, DataError, coverage_table, load_mzsre, mzsre_dataset
 from mkejax.data.cache import OFFLINE_ENV, download
 from mkejax.data.mzsre import FILE_CODES, GIT_BLOB_SHA1, MZSRE_FILES, NQ_PREFIX, iso_code, resolve_source
 from mkejax.data.subject import SubjectPolicy

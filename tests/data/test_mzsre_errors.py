@@ -113,3 +113,34 @@ def test_missing_file_and_folder(good, tmp_path):
     folder, _ = good
     _expect(folder, ["fr"], "missing MzsRE file", file="mzsre_test_duplicate_enfr.json", lang="fr")
     _expect(tmp_path / "nowhere", ["de"], "source folder not found")
+
+
+def test_edit_with_mtime_kept_is_read(good):
+    """Issue 15: files are read by content; an edit that keeps the file's mtime still reaches the requests."""
+    import os
+
+    folder, recs = good
+    path = folder / "mzsre_test_duplicate_ende.json"
+    assert load_mzsre(folder, ["de"])["de"][1].target == "a city"
+    stat = os.stat(path)
+    recs["de"][1]["de"]["alt"] = "a village"  # same length class, same folder, same name
+    _write(folder, "de", recs["de"])
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert os.stat(path).st_mtime_ns == stat.st_mtime_ns
+    assert load_mzsre(folder, ["de"])["de"][1].target == "a village"
+
+
+def test_non_string_value_reported_at_its_record(good):
+    """Issue 15: numeric-looking strings ("2006") in early records made the old reader infer an integer column
+    and report a type error in record 2 at record 0."""
+    folder, recs = good
+    for i in (0, 1):
+        recs["de"][i]["de"]["alt"] = "2006"
+        recs["de"][i]["en"]["alt"] = "2006"
+    recs["de"][2]["de"]["alt"] = 2006
+    _write(folder, "de", recs["de"])
+    _expect(folder, ["de"], "expected a string, got int", file="mzsre_test_duplicate_ende.json", record=2,
+            lang="de", field="alt")  # fmt: skip
+    recs["de"][2]["de"]["alt"] = "2006"
+    _write(folder, "de", recs["de"])
+    assert [r.target for r in load_mzsre(folder, ["de"])["de"]] == ["2006"] * 3  # strings stay strings

@@ -23,6 +23,7 @@ LETTERS = string.ascii_lowercase
 # Token ids of the hand tokenizer: <s>, a..z, " ", " a".." z", <pad>, and "c " (only with the merging variant).
 TOKENS = ["<s>", *LETTERS, " ", *(" " + c for c in LETTERS), "<pad>", "c "]
 ID = {t: i for i, t in enumerate(TOKENS)}
+NEWLINE = len(TOKENS)  # id of "\n" in the tokenizer variant that has one (generation tests)
 
 
 def default_next() -> dict[int, int]:
@@ -80,16 +81,20 @@ def remap_delta(pairs: dict[str, str], c: float = 1.0) -> dict[str, np.ndarray]:
     return {"model.layers.0.mlp.down_proj.weight": d}
 
 
-def build_hand_tokenizer(merge_c_space: bool = False, bos: bool = True):
-    """Character BPE without pre-tokenisation: " x" merges (and "c " first, when asked) cross word boundaries."""
-    from tokenizers import Tokenizer, models, processors
+def build_hand_tokenizer(merge_c_space: bool = False, bos: bool = True, newline: bool = False):
+    """Character BPE without pre-tokenisation: " x" merges (and "c " first, when asked) cross word boundaries.
+    Decoding concatenates the tokens; ``newline`` adds a "\n" token (id ``NEWLINE``)."""
+    from tokenizers import Tokenizer, decoders, models, processors
     from transformers import PreTrainedTokenizerFast
 
     vocab = {t: i for i, t in enumerate(TOKENS if merge_c_space else TOKENS[:-1])}
+    if newline:
+        vocab["\n"] = NEWLINE
     merges = [(" ", c) for c in LETTERS]
     if merge_c_space:
         merges.insert(0, ("c", " "))
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.decoder = decoders.Fuse()
     if bos:
         tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", pad_token="<pad>")

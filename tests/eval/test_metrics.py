@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 from eval_fixtures import HAND_KW, TINY_KW, remap_delta
 from flax import nnx
 
 from mkejax.data.request import EditRequest
-from mkejax.eval import PreEditCache, model_fingerprint, predict, prepare, score, split_delta
+from mkejax.eval import (
+    PreEditCache,
+    model_fingerprint,
+    pre_edit_predictions,
+    predict,
+    prepare,
+    score,
+    split_delta,
+)
 from mkejax.models.llama import hf_name
 
 
@@ -210,17 +219,27 @@ def test_bad_delta(tiny, delta, message):
         split_delta(model, delta)
 
 
-def test_pre_edit_cache_reused_and_persisted(hand, tmp_path):
+def test_pre_edit_cache_reused_and_passed_as_arrays(hand, tmp_path):
+    """Pre-edit predictions are computed once, kept in memory, and handed over as arrays (no file I/O)."""
     model, tok = hand
     evalset = prepare(tok, {"en": [req(0, locality_prompt="abc", locality_answer="defg")]}, **HAND_KW)
-    cache = PreEditCache(tmp_path)
+    cache = PreEditCache()
     for delta in (remap_delta({"e": "q"}), remap_delta({"f": "q"}), None):
         score(model, evalset, delta, cache=cache, progress=False)
-    assert (cache.misses, cache.hits) == (1, 2)
-    fresh = PreEditCache(tmp_path)  # a new process would read the .npz
+    assert (cache.misses, cache.hits) == (1, 2) and len(cache) == 1
+    fresh = PreEditCache(cache.entries())  # what a runner restores from its artefact store
     out = score(model, evalset, remap_delta({"e": "q"}), cache=fresh, progress=False)
     assert (fresh.misses, fresh.hits) == (0, 1) and values(out, "locality")[(0, "locality")] == 0.75
-    assert not list(tmp_path.glob("*.tmp"))
+    pre = pre_edit_predictions(model, evalset, progress=False)
+    np.testing.assert_array_equal(pre, next(iter(cache.entries().values())))
+    assert (pre[evalset.items["metric"].to_numpy() != "locality"] == -1).all()
+    direct = score(model, evalset, remap_delta({"e": "q"}), pre_edit=pre, progress=False)
+    pd.testing.assert_frame_equal(direct, out)
+    with pytest.raises(ValueError, match="pre_edit has shape"):
+        score(model, evalset, None, pre_edit=pre[:, :3], progress=False)
+    with pytest.warns(DeprecationWarning, match="in memory only"):
+        PreEditCache(tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing written
 
 
 def test_prepare_errors(hand):

@@ -14,7 +14,8 @@ import copy
 import numpy as np
 import pytest
 
-from mkejax.data import LANGUAGES, load_mzsre
+from mkejax.data import MZSRE_LANGUAGES as LANGUAGES
+from mkejax.data import load_mzsre
 from mkejax.eval import METRICS, predict, prepare, score, summarise
 from mkejax.models import DEFAULT_MODEL, load_model, load_tokenizer, resolve_source
 
