@@ -32,12 +32,7 @@ from typing import Any, Literal
 import yaml
 
 from mkejax.checkpoint import canonical, fingerprint
-<<<<<<< HEAD
-from mkejax.data.request import LANGUAGES
-=======
-from mkejax.data.corpus import CorpusSpec
 from mkejax.data.request import LANGUAGES, MZSRE_LANGUAGES
->>>>>>> eval
 from mkejax.data.subject import SubjectPolicy
 from mkejax.edit.stats import StatsSpec
 from mkejax.schema import (

@@ -122,7 +122,7 @@ def test_chunked_languages_and_extra_gram(shared):
 def test_per_language_statistics(method, shared):
     """Each language solved with its own statistics C_l (or P_l): equals its single solve with C_l and the other
     languages' Gram as the extra term (shared), and differs from the pooled solve."""
-    rng, K, R, C, _ = make(8)
+    rng, K, R, _, _ = make(8)
     Cs = []
     for _ in range(L):
         X = rng.normal(size=(D_IN, 4 * D_IN))
