@@ -129,7 +129,9 @@ class DataSection:
 
     Attributes:
       source: ``demo`` (the built-in facts), an MzsRE folder, ``github`` (the public ReMaKE files, online),
-        or None (``$MKEJAX_DATA/mzsre``). ``${VAR}`` and ``${VAR:-default}`` are expanded when read.
+        None (``$MKEJAX_DATA/mzsre``), or ``bmike53/<zsRE|CounterFact|WikiFactDiff>`` (BMIKE-53 from
+        ``$MKEJAX_DATA/bmike53``; ``bmike53/<set>@<folder>`` or ``@github``). ``${VAR}`` and ``${VAR:-default}`` are
+        expanded when read.
       languages: the languages edited and tested (ISO 639-1).
       limit: edits per language (the first ``limit`` records); None: all.
       subject: how the subject is located in each prompt (`mkejax.data.subject.SubjectPolicy`).
@@ -229,18 +231,31 @@ class MergeSection:
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationSection:
-    """Evaluation (EasyEdit's teacher-forced token accuracy, ``mkejax.eval``).
+    """Evaluation (``mkejax.eval``): EasyEdit's teacher-forced token accuracy and, optionally, free generation.
 
     Attributes:
       protocols: ``pre_edit`` (the unedited model), ``merged`` (each merged edit in every language),
         ``cross_lingual`` (each language's own-covariance edit alone, tested in every language: the L x L matrix).
       metrics: which of reliability, generality, locality, portability to score.
       batch_size: rows per scoring batch (a multiple of the mesh's ``data`` axis).
+      generation: also decode every question greedily and score ``<metric>_gen_em`` / ``_gen_contains`` /
+        ``_gen_lang`` (the answer's language; language confusion in the report).
+      prompt: the generation prompt: ``auto`` (the chat template of an instruct model's tokenizer, else plain),
+        ``plain`` (``prompt_template`` with ``{question}``) or ``chat``.
+      prompt_template: the plain prompt.
+      max_new_tokens: longest generated answer (generation also stops at a newline or end of sequence).
+      groups: aggregate tables and order matrices by a language grouping (``script``, ``family``, ``spacing``;
+        ``mkejax.data.GROUPINGS``); None: no grouping.
     """
 
     protocols: tuple[Protocol, ...] = ("pre_edit", "merged")
     metrics: tuple[Metric, ...] = METRICS
     batch_size: int = 32
+    generation: bool = False
+    prompt: Literal["auto", "plain", "chat"] = "auto"
+    prompt_template: str = "Q: {question}\nA:"
+    max_new_tokens: int = 24
+    groups: str | None = None
 
     def __post_init__(self):
         _check(len(self.protocols) >= 1, "evaluation.protocols is empty")
@@ -248,6 +263,23 @@ class EvaluationSection:
         _check(len(self.metrics) >= 1, "evaluation.metrics is empty")
         _check(len(set(self.metrics)) == len(self.metrics), "evaluation.metrics has a repeat")
         _check(self.batch_size >= 1, "evaluation.batch_size must be >= 1")
+        _check(self.max_new_tokens >= 1, "evaluation.max_new_tokens must be >= 1")
+        _check(
+            "{question}" in self.prompt_template, "evaluation.prompt_template needs a {question} placeholder"
+        )
+        if self.groups is not None:
+            from mkejax.data import GROUPINGS
+
+            _check_choice(self.groups, tuple(GROUPINGS), "evaluation.groups")
+
+    def prompt_style(self, tokenizer):
+        """The :class:`~mkejax.eval.PromptStyle` of generation for ``tokenizer``."""
+        from mkejax.eval import PromptStyle
+
+        if self.prompt == "auto":
+            style = PromptStyle.for_tokenizer(tokenizer)
+            return style if style.kind == "chat" else PromptStyle(template=self.prompt_template)
+        return PromptStyle(kind=self.prompt, template=self.prompt_template)
 
 
 @dataclasses.dataclass(frozen=True)

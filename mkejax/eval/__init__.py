@@ -12,6 +12,7 @@ from mkejax.eval.generation import (
 )
 from mkejax.eval.langid import LanguageIdentifier
 from mkejax.eval.metrics import BEATS_OLD, METRICS, EvalSet, pre_edit_predictions, prepare, score, summarise
+from mkejax.eval.plots import plot_matrix, plot_sweep
 from mkejax.eval.prefix import PrefixStates, first_edited_layer, prefix_states
 from mkejax.eval.protocols import (
     as_evalset,
@@ -29,14 +30,8 @@ from mkejax.eval.report import (
     MERGED,
     PROTOCOL_NOTE,
     group_markdown,
-    load_results,
     markdown_table,
-    plot_matrix,
-    plot_sweep,
-    save_pairs,
-    save_results,
     tidy,
-    write_report,
 )
 from mkejax.eval.scoring import PreEditCache, model_fingerprint, predict, split_delta
 from mkejax.eval.summary import PAIR_COLUMNS, by_group, language_confusion, tidy_pairs
@@ -75,7 +70,6 @@ __all__ = [
     "generate_continuations",
     "group_markdown",
     "language_confusion",
-    "load_results",
     "make_batches",
     "markdown_table",
     "matrix",
@@ -89,13 +83,10 @@ __all__ = [
     "prepare",
     "prepare_evaluation",
     "prepare_generation",
-    "save_pairs",
-    "save_results",
     "score",
     "score_generation",
     "split_delta",
     "summarise",
     "tidy",
     "tidy_pairs",
-    "write_report",
 ]

@@ -1,30 +1,13 @@
-"""Shared by the report writers: protocol labels, the variant columns, variant labels, atomic file writes."""
+"""Shared by the report builders: protocol labels, the variant columns, variant labels."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import pathlib
-import tempfile
 from collections.abc import Sequence
 
 import pandas as pd
 
 VARIANT = ("model", "method", "merge", "shared_cov", "alpha", "rank_ratio")
 MERGED, BASELINE = "all", "none"
-
-
-@contextlib.contextmanager
-def atomic_open(path: pathlib.Path, mode: str = "w"):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def variant_label(row, skip: Sequence[str] = ()) -> str:

@@ -6,8 +6,6 @@ and renamed, so an interrupted run leaves no half-written artefact.
 
 from __future__ import annotations
 
-import os
-import pathlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -16,28 +14,19 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from mkejax.data.languages import order_by_group
-from mkejax.eval.labels import MERGED, VARIANT, atomic_open, variant_label
+from mkejax.eval.labels import MERGED, VARIANT, variant_label
 from mkejax.eval.metrics import METRICS
 from mkejax.eval.protocols import elfi_elfo
 
 
-def _save_figure(fig: Figure, path: pathlib.Path, dpi: int) -> pathlib.Path:
-    FigureCanvasAgg(fig)
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
-    return path
-
-
 def plot_matrix(
     table: pd.DataFrame,
-    path: str | os.PathLike,
     *,
     title: str | None = None,
     scale: float = 100.0,
     digits: int = 0,
-    dpi: int = 120,
     groups: Mapping[str, str] | None = None,
-) -> pathlib.Path:
+) -> Figure:
     """Heatmap of a square edit-language x test-language table, values annotated, ELFI/ELFO in the title.
 
     With ``groups`` ({language: group}) rows and columns are ordered by group, and lines and labels mark the
@@ -84,19 +73,18 @@ def plot_matrix(
         title = extra if title is None else f"{title}\n{extra}"
     if title:
         ax.set_title(title, fontsize=9)
-    return _save_figure(fig, pathlib.Path(path), dpi)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def plot_sweep(
     df: pd.DataFrame,
-    path: str | os.PathLike,
     *,
     x: str = "alpha",
     metrics: Sequence[str] = METRICS,
     title: str | None = None,
-    dpi: int = 120,
     groups: Mapping[str, str] | None = None,
-) -> pathlib.Path:
+) -> Figure:
     """Metrics (averaged over test languages) against ``x`` (``alpha`` or ``rank_ratio``), one panel per metric
     and one line per variant (the other run fields). Only merged-edit rows with a value of ``x`` are used. With
     ``groups`` ({language: group}) there is one row of panels per language group, averaged within the group."""
@@ -139,4 +127,5 @@ def plot_sweep(
     fig.legend(handles, labels, loc="outside lower center", ncols=min(3, n_lines), fontsize=7, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save_figure(fig, pathlib.Path(path), dpi)
+    FigureCanvasAgg(fig)
+    return fig

@@ -1,4 +1,5 @@
-"""Results as a tidy table (CSV + JSON), a Markdown table in Lee et al.'s layout, heatmaps and sweep plots.
+"""Results as a tidy table, a Markdown table in Lee et al.'s layout (heatmaps and sweeps: :mod:`mkejax.eval.plots`;
+files are written by :mod:`mkejax.results`).
 
 Tidy rows: ``model, method, merge, shared_cov, alpha, rank_ratio, edit_lang, test_lang, metric, value, n``.
 ``edit_lang`` is :data:`MERGED` (``"all"``) for a merged multilingual edit (protocol a), :data:`BASELINE`
@@ -6,25 +7,20 @@ Tidy rows: ``model, method, merge, shared_cov, alpha, rank_ratio, edit_lang, tes
 With free generation (:mod:`mkejax.eval.generation`) the Markdown table puts each metric's generated exact
 match next to its teacher-forced score and adds the language-confusion rate, overall and per test language.
 Every table and matrix can be aggregated or ordered by language group (``groups``: {language: group}).
-Plots use matplotlib's Agg canvas directly (no global backend switch); every file is written to a temporary
-name and renamed, so an interrupted run leaves no half-written artefact.
+Nothing here writes a file.
 """
 
 from __future__ import annotations
 
-import os
-import pathlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from mkejax.data.languages import order_by_group
-from mkejax.eval.labels import BASELINE, MERGED, VARIANT, atomic_open, variant_label
+from mkejax.eval.labels import BASELINE, MERGED, VARIANT, variant_label
 from mkejax.eval.metrics import BEATS_OLD, METRICS
-from mkejax.eval.plots import plot_matrix, plot_sweep
-from mkejax.eval.protocols import matrix
-from mkejax.eval.summary import PAIR_COLUMNS, by_group, language_confusion
+from mkejax.eval.summary import by_group, language_confusion
 
 COLUMNS = (
     "model",
@@ -86,30 +82,6 @@ def tidy(
     for k, v in run.items():
         out[k] = v
     return out[list(COLUMNS)].reset_index(drop=True)
-
-
-def save_results(df: pd.DataFrame, stem: str | os.PathLike) -> tuple[pathlib.Path, pathlib.Path]:
-    """Writes ``<stem>.csv`` and ``<stem>.json`` (a list of records); returns both paths."""
-    missing = set(COLUMNS) - set(df.columns)
-    if missing:
-        raise ValueError(f"results lack columns {sorted(missing)}")
-    stem = pathlib.Path(stem)
-    csv, js = stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + ".json")
-    with atomic_open(csv) as f:
-        df.to_csv(f, index=False)
-    with atomic_open(js) as f:
-        f.write(df.to_json(orient="records", indent=1))
-    return csv, js
-
-
-def load_results(path: str | os.PathLike) -> pd.DataFrame:
-    """Reads a results CSV or JSON written by :func:`save_results`."""
-    path = pathlib.Path(path)
-    df = pd.read_json(path, orient="records") if path.suffix == ".json" else pd.read_csv(path)
-    missing = set(COLUMNS) - set(df.columns)
-    if missing:
-        raise ValueError(f"{path}: not a results table (lacks columns {sorted(missing)})")
-    return df
 
 
 def _fmt(v: float, scale: float, digits: int) -> str:
@@ -203,57 +175,3 @@ def group_markdown(
                  *(_fmt(vals.get(m, np.nan), scale, digits) for m in metrics)]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def write_report(
-    df: pd.DataFrame,
-    out_dir: str | os.PathLike,
-    *,
-    name: str = "results",
-    languages: Sequence[str] | None = None,
-    groups: Mapping[str, str] | None = None,
-    pairs: pd.DataFrame | None = None,
-) -> list[pathlib.Path]:
-    """Everything for a results table: CSV, JSON, Markdown, a heatmap per (variant, metric) of protocol-b rows,
-    and sweep plots over α / rank ratio where a variant has several values. With ``groups`` the Markdown has
-    the per-group table, the heatmaps are ordered by group and the sweeps get a per-group figure; ``pairs``
-    (per-pair rows with generated texts) are written as ``<name>_pairs.csv/json``. Returns the written paths."""
-    out_dir = pathlib.Path(out_dir)
-    paths = list(save_results(df, out_dir / name))
-    if df["edit_lang"].isin([MERGED, BASELINE]).any():
-        md = out_dir / f"{name}.md"
-        with atomic_open(md) as f:
-            f.write(markdown_table(df, languages=languages, groups=groups))
-        paths.append(md)
-    per_lang = df[~df["edit_lang"].isin([MERGED, BASELINE])]
-    for key, g in per_lang.groupby(list(VARIANT), dropna=False, sort=False):
-        tag = "_".join(str(v) for v in key if pd.notna(v)).replace("/", "-").replace(" ", "")
-        for metric in dict.fromkeys(g["metric"]):
-            table = matrix(g, metric, languages, groups)
-            title = f"{variant_label(g.iloc[0])} — {metric}"
-            out = out_dir / f"{name}_matrix_{tag}_{metric}.png"
-            paths.append(plot_matrix(table, out, title=title, groups=groups))
-    merged = df[df["edit_lang"] == MERGED]
-    for x in ("alpha", "rank_ratio"):
-        if merged[x].nunique() > 1:
-            paths.append(plot_sweep(df, out_dir / f"{name}_sweep_{x}.png", x=x))
-            if groups is not None:
-                paths.append(plot_sweep(df, out_dir / f"{name}_sweep_{x}_groups.png", x=x, groups=groups))
-    if pairs is not None:
-        paths.extend(save_pairs(pairs, out_dir / f"{name}_pairs"))
-    return paths
-
-
-def save_pairs(pairs: pd.DataFrame, stem: str | os.PathLike) -> tuple[pathlib.Path, pathlib.Path]:
-    """Writes per-pair rows (:func:`mkejax.eval.summary.tidy_pairs`, with the generated texts) as
-    ``<stem>.csv`` and ``<stem>.json``; returns both paths."""
-    missing = set(PAIR_COLUMNS) - set(pairs.columns)
-    if missing:
-        raise ValueError(f"per-pair rows lack columns {sorted(missing)}")
-    stem = pathlib.Path(stem)
-    csv, js = stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + ".json")
-    with atomic_open(csv) as f:
-        pairs.to_csv(f, index=False)
-    with atomic_open(js) as f:
-        f.write(pairs.to_json(orient="records", indent=1, force_ascii=False))
-    return csv, js

@@ -26,8 +26,9 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def _cross_lingual(df: pd.DataFrame, languages, run_dir: pathlib.Path) -> list[str]:
+def _cross_lingual(df: pd.DataFrame, languages, run_dir: pathlib.Path, groups=None) -> list[str]:
     from mkejax.eval import BASELINE, MERGED, elfi_elfo, matrix, plot_matrix
+    from mkejax.results import save_figure
 
     rows = df[~df["edit_lang"].isin([MERGED, BASELINE])]
     if rows.empty:
@@ -43,31 +44,35 @@ def _cross_lingual(df: pd.DataFrame, languages, run_dir: pathlib.Path) -> list[s
     ]
     elfi_rows, images = [], []
     for metric in dict.fromkeys(rows["metric"]):
-        table = matrix(rows, metric, languages)
+        table = matrix(rows, metric, languages, groups)  # ordered by language group when there are groups
         e = elfi_elfo(table)
         elfi_rows.append([metric, _pct(e["elfi"]), _pct(e["elfo"])])
-        path = plot_matrix(table, run_dir / PLOTS / f"cross_lingual_{metric}.png", title=f"{metric} (%)")
+        fig = plot_matrix(table, title=f"{metric} (%)", groups=groups)
+        path = save_figure(fig, run_dir / PLOTS / f"cross_lingual_{metric}.png")
         images.append(f"![{metric}]({PLOTS}/{path.name})")
     out += [_md_table(["metric", "ELFI", "ELFO"], elfi_rows), "", *images, ""]
     return out
 
 
-def _sweeps(df: pd.DataFrame, run_dir: pathlib.Path) -> list[str]:
+def _sweeps(df: pd.DataFrame, run_dir: pathlib.Path, groups=None) -> list[str]:
     from mkejax.eval import MERGED, plot_sweep
+    from mkejax.results import save_figure
 
     merged = df[df["edit_lang"] == MERGED]
     out = []
     if merged["alpha"].nunique() > 1:
-        path = plot_sweep(df, run_dir / PLOTS / "sweep_alpha.png", x="alpha", title="metrics vs α")
+        path = save_figure(
+            plot_sweep(df, x="alpha", title="metrics vs α"), run_dir / PLOTS / "sweep_alpha.png"
+        )
         out += ["## Metrics vs α", "", f"![metrics vs alpha]({PLOTS}/{path.name})", ""]
+        if groups is not None:
+            fig = plot_sweep(df, x="alpha", title="metrics vs α, per language group", groups=groups)
+            path = save_figure(fig, run_dir / PLOTS / "sweep_alpha_groups.png")
+            out += [f"![metrics vs alpha per group]({PLOTS}/{path.name})", ""]
     tsvm = merged[merged["merge"] == "tsvm"]
     if tsvm["rank_ratio"].nunique() > 1:
-        path = plot_sweep(
-            tsvm,
-            run_dir / PLOTS / "sweep_rank_ratio.png",
-            x="rank_ratio",
-            title="TSVM: metrics vs rank ratio",
-        )
+        fig = plot_sweep(tsvm, x="rank_ratio", title="TSVM: metrics vs rank ratio")
+        path = save_figure(fig, run_dir / PLOTS / "sweep_rank_ratio.png")
         out += ["## TSVM: metrics vs rank ratio", "", f"![metrics vs rank ratio]({PLOTS}/{path.name})", ""]
     return out
 
@@ -143,7 +148,8 @@ def write_run_report(
     Raises:
       FileNotFoundError: no results yet (run ``mkejax eval`` or ``mkejax run`` first).
     """
-    from mkejax.eval import BASELINE, MERGED, load_results, markdown_table
+    from mkejax.eval import BASELINE, MERGED, markdown_table
+    from mkejax.results import load_results
 
     run_dir = pathlib.Path(run_dir)
     if results is None:
@@ -178,22 +184,31 @@ def write_run_report(
         ),
         "",
     ]
+    groups = None
+    if cfg.evaluation.groups is not None:
+        from mkejax.data import language_groups
+
+        groups = language_groups(cfg.evaluation.groups, langs)
+        lines.insert(
+            -1, f"- language groups: {cfg.evaluation.groups} ({', '.join(sorted(set(groups.values())))})"
+        )
     if results["edit_lang"].isin([MERGED, BASELINE]).any():
-        table = markdown_table(results, languages=langs)
+        table = markdown_table(results, languages=langs, groups=groups)
         atomic_write_text(run_dir / RESULTS / "table.md", table)
         lines += [
             "## Merged multilingual edits",
             "",
             (
                 "Rows: the merge variants (and the unedited model); columns: the four metrics averaged over the test "
-                "languages, then reliability per test language ([table.md](results/table.md))."
+                "languages (with free generation, each metric's generated exact match beside it and the language-"
+                "confusion rate), then reliability per test language ([table.md](results/table.md))."
             ),
             "",
             table.strip(),
             "",
         ]
-    lines += _sweeps(results, run_dir)
-    lines += _cross_lingual(results, langs, run_dir)
+    lines += _sweeps(results, run_dir, groups)
+    lines += _cross_lingual(results, langs, run_dir, groups)
     lines += _diagnostics(run_dir)
     lines += _timings(run_dir, summary)
     path = run_dir / REPORT

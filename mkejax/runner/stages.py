@@ -89,8 +89,8 @@ def run(
         for name in STAGES[: last + 1]:
             if name == "evaluation":
                 with ctx.stage(name):
-                    results = evaluation.evaluation(ctx)
-                    evaluation.save_results(ctx, results)
+                    results, pairs = evaluation.evaluation(ctx)
+                    evaluation.save_results(ctx, results, pairs)
             elif name == "report":
                 with ctx.stage(name):
                     table, path = report(ctx, results)

@@ -18,16 +18,14 @@ from mkejax.eval import (
     PROTOCOL_NOTE,
     by_group,
     language_confusion,
-    load_results,
     markdown_table,
     plot_matrix,
     plot_sweep,
-    save_results,
     tidy,
     tidy_pairs,
-    write_report,
 )
 from mkejax.eval.protocols import matrix
+from mkejax.results import load_results, save_figure, save_results, write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -110,14 +108,14 @@ def test_markdown_layout(results):
 
 def test_heatmap_and_sweeps(results, tmp_path):
     table = matrix(results[results["edit_lang"].isin(LANGUAGES)], "reliability", LANGUAGES)
-    png = plot_matrix(table, tmp_path / "matrix.png", title="memit — reliability")
+    png = save_figure(plot_matrix(table, title="memit — reliability"), tmp_path / "matrix.png")
     assert png.read_bytes()[:8] == PNG and png.stat().st_size > 10_000
-    sweep = plot_sweep(results, tmp_path / "alpha.png", x="alpha")
+    sweep = save_figure(plot_sweep(results, x="alpha"), tmp_path / "alpha.png")
     assert sweep.read_bytes()[:8] == PNG
     with pytest.raises(ValueError, match="no merged-edit rows"):
-        plot_sweep(results[results["merge"] == "sum"], tmp_path / "r.png", x="rank_ratio")
+        plot_sweep(results[results["merge"] == "sum"], x="rank_ratio")
     with pytest.raises(ValueError, match="'alpha' or 'rank_ratio'"):
-        plot_sweep(results, tmp_path / "x.png", x="density")
+        plot_sweep(results, x="density")
 
 
 def test_write_report(results, tmp_path):
@@ -205,7 +203,7 @@ def test_matrix_ordered_by_group(results, tmp_path):
     order = list(table.columns)
     assert order == list(table.index) and order[-3:] == ["ru", "th", "zh"]  # Latin block first, then Cyrl...
     assert [groups[c] for c in order] == sorted((groups[c] for c in order), key=order_key(groups, order))
-    png = plot_matrix(table, tmp_path / "grouped.png", groups=groups)
+    png = save_figure(plot_matrix(table, groups=groups), tmp_path / "grouped.png")
     assert png.read_bytes()[:8] == PNG
     pairs = tidy_pairs(pd.DataFrame({"lang": ["de"], "id": [0], "metric": ["reliability_gen_em"], "value": [1.0],
                                      "text": ["Köln, Deutschland"]}), model="tiny", method="memit")  # fmt: skip
