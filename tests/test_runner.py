@@ -305,3 +305,24 @@ def test_alphaedit_reuses_statistics_and_targets_and_caches_projections(base, se
     summary = run(again, until="edits", progress=False)
     assert _names(summary.recomputed) == {"edits/own_en-de-fr", "edits/shared_en-de-fr"}
     assert projections <= set(summary.cached)
+
+
+def test_generation_scores_and_texts_are_kept(base, setup):
+    """evaluation.generation: the generated-answer metrics and every pair's text reach results and pairs.csv; a
+    rerun reads them back from the scores' metadata, identical; language groups order the report."""
+    cfg0, _, _, _ = base
+    cfg = setup.config(
+        "generation", "evaluation.generation=true", "evaluation.max_new_tokens=4", "evaluation.groups=script",
+        "evaluation.protocols=[pre_edit,merged]", "merge.alphas=1.0", "merge.rank_ratios=[null]",
+    )  # fmt: skip
+    copy_run(cfg0.run_dir, cfg.run_dir)
+    first = run(cfg, until="report", progress=False)
+    metrics = set(first.results["metric"])
+    assert {"reliability_gen_em", "reliability_gen_contains", "generality_gen_em"} <= metrics
+    written = (cfg.run_dir / RESULTS / "pairs.csv").read_bytes()
+    pairs = pd.read_csv(cfg.run_dir / RESULTS / "pairs.csv")
+    assert len(pairs) and pairs["text"].notna().any() and set(pairs["metric"]) <= metrics
+    again = run(cfg, until="evaluation", progress=False)
+    assert again.recomputed == []
+    assert (cfg.run_dir / RESULTS / "pairs.csv").read_bytes() == written
+    assert "language groups: script" in (cfg.run_dir / "report.md").read_text()

@@ -142,14 +142,11 @@ class RunContext:
     @functools.cached_property
     def requests(self) -> dict:
         """{language: [EditRequest]} of the data section (loaded before the model, so bad paths fail fast)."""
-        from mkejax.data import coverage_table, format_coverage, load_demo_facts, load_mzsre
+        from mkejax.data import coverage_table, format_coverage, load_requests
 
         data = self.config.data
-        if data.source == "demo":
-            requests = load_demo_facts(data.languages, data.limit, policy=data.subject)
-            logger.debug("%s", format_coverage(coverage_table(requests)))
-        else:
-            requests = load_mzsre(data.resolved_source(), data.languages, data.limit, policy=data.subject)
+        requests = load_requests(data.resolved_source(), data.languages, data.limit, data.subject)
+        logger.debug("%s", format_coverage(coverage_table(requests)))
         return requests
 
     @functools.cached_property
