@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from mkejax.merge.registry import MergeFn, check_alpha, map_leaves, num_languages, register
+from mkejax.merge.checks import check_alpha, map_leaves, num_languages
+from mkejax.merge.registry import MergeFn, register
 
 
 @register("mean")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from mkejax.merge.registry import MergeFn, check_alpha, check_fraction, map_leaves, num_languages, register
+from mkejax.merge.checks import check_alpha, check_fraction, map_leaves, num_languages
+from mkejax.merge.registry import MergeFn, register
 
 
 def ties_leaf(d, density: float, alpha: float):

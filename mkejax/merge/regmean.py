@@ -1,0 +1,100 @@
+"""RegMean: the merge that fits every language's inputs at once (Jin et al., ICLR 2023, arXiv 2212.09849).
+
+For a linear layer W [d_out, d_in] and per-language normal matrices A_l [d_in, d_in] (the Gram matrix of the
+inputs each language's delta was fitted on), RegMean solves min_W Σ_l ‖(W − W_l) A_l^½‖²_F:
+
+    ΔW = α · (Σ_l ΔW_l A_l) (Σ_l A_l)⁻¹.
+
+(RegMean merges whole weights W_l = W_0 + ΔW_l; since (Σ_l W_0 A_l)(Σ_l A_l)⁻¹ = W_0 the delta form is exact.)
+The paper shrinks the off-diagonal entries of each A_l by a factor ``offdiag_ratio`` (its α; 1 = unshrunk).
+
+What RegMean equals for the edits of mkejax (tested in tests/merge/test_regmean.py):
+
+- MEMIT with own covariance: ΔW_l = R_l K_lᵀ A_l⁻¹ with A_l = λC + K_l K_lᵀ, so ΔW_l A_l = R_l K_lᵀ and
+  Σ_l ΔW_l A_l = R Kᵀ over the stacked keys K = [K_1 … K_L] and residuals R, while Σ_l A_l = LλC + K Kᵀ.
+  RegMean is the joint MEMIT solve over all languages' requests with λ scaled by L:
+  ΔW = R Kᵀ (LλC + K Kᵀ)⁻¹ (= ``solve_memit(K, R, C, lam=L·λ)``).
+- MEMIT with shared covariance: every A_l is λC + K Kᵀ, so RegMean is the Mean of the deltas (= 1/L times the
+  joint solve with λ).
+- AlphaEdit: ΔW_l = ΔW_l P (its rows lie in P's range for l2 > 0), so ΔW_l (P K_l K_lᵀ P + l2·I) = R_l K_lᵀ P;
+  with the symmetric A_l = P K_l K_lᵀ P + l2·I RegMean is the joint AlphaEdit solve with l2 scaled by L.
+
+Side input ``normals``: a pytree with the structure of the deltas whose leaves are [L, d_in, d_in] (symmetric
+positive semi-definite, with a positive definite sum) for the deltas' [L, d_out, d_in]. The sum is factorised by
+Cholesky, in float64 under a scoped x64 where the backend has it and float32 with highest-precision matmuls on
+TPU (the policy of the edit solvers); languages are accumulated one at a time (one [d_in, d_in] in the wide
+dtype). A singular sum gives NaN, which :func:`mkejax.merge.merge` reports.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import jax.scipy.linalg as jsl
+import numpy as np
+
+from mkejax.merge.checks import check_alpha, check_unit, num_languages
+from mkejax.merge.linalg import compute_dtype, guard, mm, poison, use_float64, wide_scope
+from mkejax.merge.registry import MergeFn, register
+
+
+def regmean_leaf(d, A, alpha: float, offdiag_ratio: float):
+    """RegMean of one leaf: ``d [L, m, n]``, ``A [L, n, n]`` -> ``[m, n]`` in the dtype of ``d``."""
+    L, m, n = d.shape
+    use64 = use_float64()
+    ct = compute_dtype(use64)
+    with wide_scope(use64):
+        x, ok_d = guard(d)
+        a, ok_a = guard(A)
+
+        def step(l, carry):  # accumulate Σ ΔW_l A_l [m, n] and Σ A_l [n, n], one language at a time
+            num, den = carry
+            al = a[l].astype(ct)
+            if offdiag_ratio != 1.0:
+                al = offdiag_ratio * al + (1 - offdiag_ratio) * jnp.diag(jnp.diagonal(al))
+            return num + mm(x[l].astype(ct), al), den + al
+
+        num, den = jax.lax.fori_loop(0, L, step, (jnp.zeros((m, n), ct), jnp.zeros((n, n), ct)))
+        den = 0.5 * (den + den.T)
+        factor, lower = jsl.cho_factor(den, lower=True)
+        pivots = jnp.diagonal(factor)
+        # A pivot ratio at rounding level means Σ A_l is singular: report it (NaN) rather than return garbage.
+        singular = ~(pivots.min() ** 2 > 10 * jnp.finfo(ct).eps * jnp.abs(jnp.diagonal(den)).max())
+        out = jsl.cho_solve((factor, lower), num.T).T  # (Σ ΔW_l A_l)(Σ A_l)⁻¹, A symmetric
+        out = jnp.where(singular, jnp.nan, alpha * out)
+        return poison(out, ok_d & ok_a).astype(d.dtype)
+
+
+@register("regmean", side_inputs=("normals",))
+def regmean_merge(*, alpha: float = 1.0, offdiag_ratio: float = 1.0) -> MergeFn:
+    """RegMean with per-language normal matrices (side input ``normals``, leaves [L, d_in, d_in]).
+
+    Args:
+      alpha: scale of the merged delta (> 0).
+      offdiag_ratio: factor in [0, 1] on the off-diagonal entries of every A_l (the paper's α; the reference's
+        ``reduce_non_diagonal_ratio``); 1 keeps the normals as they are (the MEMIT identity above needs 1).
+    """
+    alpha, ratio = check_alpha(alpha), check_unit(offdiag_ratio, "offdiag_ratio")
+
+    def merge(deltas, *, normals):
+        count = num_languages(deltas, "regmean")
+        flat_d, tree_d = jax.tree_util.tree_flatten_with_path(deltas)
+        flat_a, tree_a = jax.tree.flatten(normals)
+        if tree_a != tree_d:
+            raise ValueError(
+                f"regmean: normals must have the structure of the deltas ({tree_d}), got {tree_a}"
+            )
+        out = []
+        for (path, d), A in zip(flat_d, flat_a):
+            name = jax.tree_util.keystr(path)
+            if np.ndim(d) != 3 or np.shape(A) != (count, np.shape(d)[2], np.shape(d)[2]):
+                raise ValueError(
+                    f"regmean: leaf {name}: deltas must be [L, d_out, d_in] and normals [L, d_in, d_in]; got "
+                    f"{tuple(np.shape(d))} and {tuple(np.shape(A))}"
+                )
+            d = jnp.asarray(d)
+            wide = jnp.promote_types(d.dtype, jnp.float32)
+            out.append(regmean_leaf(d.astype(wide), jnp.asarray(A), alpha, ratio).astype(d.dtype))
+        return jax.tree.unflatten(jax.tree.structure(deltas), out)
+
+    return merge
