@@ -10,12 +10,15 @@ paper, ``mean``, or ``ties`` = mergekit's ``dare_ties``: sign election and disjo
 scaled by α. With p = 0 nothing is dropped and the result is the base merge exactly; for a linear base (sum,
 mean) the expectation over seeds is the base merge.
 
-Randomness: a seeded ``jax.random.key(seed)``, folded with the leaf's index (pytree order) so that leaves get
-independent masks; one draw of shape [L, ...] per leaf, so languages and entries are independent. JAX's
-partitionable threefry makes the mask independent of how the leaf is sharded.
+Randomness: a seeded ``jax.random.key(seed)``, folded with a hash (CRC-32) of the leaf's path, so that leaves
+get independent masks and a leaf's mask depends on its name only, not on which other leaves are merged with it
+(``mkejax merge-models`` merges one tensor at a time); one draw of shape [L, ...] per leaf, so languages and
+entries are independent. JAX's partitionable threefry makes the mask independent of how the leaf is sharded.
 """
 
 from __future__ import annotations
+
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -28,14 +31,14 @@ from mkejax.merge.registry import MergeFn, register
 def keep_masks(deltas, p: float, seed: int):
     """The DARE keep masks (True = kept), one boolean array per leaf with the leaf's shape [L, ...]."""
     root = jax.random.key(seed)
-    leaves, treedef = jax.tree.flatten(deltas)
-    masks = [
-        jnp.ones(jnp.shape(x), bool)
-        if p == 0
-        else jax.random.bernoulli(jax.random.fold_in(root, i), 1.0 - p, jnp.shape(x))
-        for i, x in enumerate(leaves)
-    ]
-    return jax.tree.unflatten(treedef, masks)
+
+    def one(path, x):
+        if p == 0:
+            return jnp.ones(jnp.shape(x), bool)
+        key = jax.random.fold_in(root, zlib.crc32(jax.tree_util.keystr(path).encode()) & 0x7FFFFFFF)
+        return jax.random.bernoulli(key, 1.0 - p, jnp.shape(x))
+
+    return jax.tree_util.tree_map_with_path(one, deltas)
 
 
 @register("dare")

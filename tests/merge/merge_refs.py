@@ -42,16 +42,14 @@ def ties_ref(D, density=0.2, alpha=1.0):
     D = np.asarray(D, np.float64)
     flat = D.reshape(D.shape[0], -1)
     k = max(1, int(density * flat.shape[1] + 1e-9))
+    top = np.argsort(-np.abs(flat), axis=1, kind="stable")[:, :k]  # each language's k largest |entries|
     trimmed = np.zeros_like(flat)
-    for i, row in enumerate(flat):
-        top = np.argsort(-np.abs(row))[:k]
-        trimmed[i, top] = row[top]
+    np.put_along_axis(trimmed, top, np.take_along_axis(flat, top, axis=1), axis=1)
     sign = np.sign(trimmed.sum(0))
     sign[sign == 0] = np.sign(sign.sum())
-    out = np.zeros(flat.shape[1])
-    for j in range(flat.shape[1]):
-        agree = [v for v in trimmed[:, j] if v != 0 and np.sign(v) == sign[j]]
-        out[j] = np.mean(agree) if agree else 0.0
+    agree = (trimmed != 0) & (np.sign(trimmed) == sign)  # the entries the disjoint mean averages
+    count = agree.sum(0)
+    out = np.where(count > 0, np.where(agree, trimmed, 0).sum(0) / np.maximum(count, 1), 0.0)
     return alpha * out.reshape(D.shape[1:])
 
 
