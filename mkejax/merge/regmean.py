@@ -20,7 +20,8 @@ What RegMean equals for the edits of mkejax (tested in tests/merge/test_regmean.
   with the symmetric A_l = P K_l K_lᵀ P + l2·I RegMean is the joint AlphaEdit solve with l2 scaled by L.
 
 Side input ``normals``: a pytree with the structure of the deltas whose leaves are [L, d_in, d_in] (symmetric
-positive semi-definite, with a positive definite sum) for the deltas' [L, d_out, d_in]. The sum is factorised by
+positive semi-definite, with a positive definite sum) for the deltas' [L, d_out, d_in];
+:func:`memit_normals` and :func:`alphaedit_normals` build them from the keys an edit stage solved with. The sum is factorised by
 Cholesky, in float64 under a scoped x64 where the backend has it and float32 with highest-precision matmuls on
 TPU (the policy of the edit solvers); languages are accumulated one at a time (one [d_in, d_in] in the wide
 dtype). A singular sum gives NaN, which :func:`mkejax.merge.merge` reports.
@@ -63,6 +64,54 @@ def regmean_leaf(d, A, alpha: float, offdiag_ratio: float):
         out = jsl.cho_solve((factor, lower), num.T).T  # (Σ ΔW_l A_l)(Σ A_l)⁻¹, A symmetric
         out = jnp.where(singular, jnp.nan, alpha * out)
         return poison(out, ok_d & ok_a).astype(d.dtype)
+
+
+def _grams(keys, mask):
+    """Per-language key Gram matrices K_l K_lᵀ [L, d_in, d_in] in float32 at highest precision (masked columns
+    count for nothing)."""
+    K = jnp.asarray(keys, jnp.float32)  # [L, d_in, n]
+    if mask is not None:
+        K = K * jnp.asarray(mask, jnp.float32)[:, None, :]
+    return jnp.einsum("lin,ljn->lij", K, K, precision=jax.lax.Precision.HIGHEST)
+
+
+def memit_normals(keys, C, lam, *, shared: bool = False, gram=None, mask=None):
+    """RegMean's normals of MEMIT edits: A_l = λC + K_l K_lᵀ (+ G), or λC + Σ_m K_m K_mᵀ (+ G) when the edits
+    were solved with a shared covariance — the matrices each language's solve inverted.
+
+    Args:
+      keys: per-language keys [L, d_in, n] of one layer (the keys the edit stage solved with).
+      C: key second moment [d_in, d_in]; lam: λ (mom2_update_weight).
+      shared: the edits used the shared covariance (then every A_l is the same and RegMean is the Mean).
+      gram: the extra Gram term G [d_in, d_in] the solve added, if any.
+      mask: [L, n] (False = a padded request column, dropped).
+
+    Returns:
+      A [L, d_in, d_in] float32.
+    """
+    G = _grams(keys, mask)
+    if shared:
+        G = jnp.broadcast_to(G.sum(axis=0), G.shape)
+    A = lam * jnp.asarray(C, jnp.float32)[None] + G
+    return A if gram is None else A + jnp.asarray(gram, jnp.float32)[None]
+
+
+def alphaedit_normals(keys, P, l2, *, shared: bool = False, gram=None, mask=None):
+    """RegMean's normals of AlphaEdit edits: A_l = P (K_l K_lᵀ + G) P + l2·I (or Σ_m K_m K_mᵀ when shared), the
+    symmetric form valid because the edits satisfy ΔW_l = ΔW_l P (see the module docstring).
+
+    Args:
+      keys: [L, d_in, n]; P: the null-space projector [d_in, d_in]; l2: AlphaEdit's L2 regulariser (> 0).
+      shared, gram, mask: as in :func:`memit_normals` (``gram`` e.g. AlphaEdit's cache_c).
+    """
+    G = _grams(keys, mask)
+    if shared:
+        G = jnp.broadcast_to(G.sum(axis=0), G.shape)
+    if gram is not None:
+        G = G + jnp.asarray(gram, jnp.float32)[None]
+    P = jnp.asarray(P, jnp.float32)
+    PGP = jnp.einsum("ij,ljk,km->lim", P, G, P, precision=jax.lax.Precision.HIGHEST)
+    return PGP + l2 * jnp.eye(P.shape[0], dtype=jnp.float32)[None]
 
 
 @register("regmean", side_inputs=("normals",))

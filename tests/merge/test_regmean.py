@@ -10,6 +10,7 @@ from merge_refs import regmean_ref, rel
 
 from mkejax import merge as M
 from mkejax.edit.solvers import solve_alphaedit, solve_memit
+from mkejax.merge.regmean import alphaedit_normals, memit_normals
 
 L, D_OUT, D_IN, N = 3, 8, 16, 5
 TOL = 1e-5
@@ -49,6 +50,7 @@ def test_regmean_of_own_covariance_memit_is_the_joint_solve_with_lambda_times_L(
     lam = 2.0
     deltas = np.stack([np.asarray(solve_memit(K[l], R[l], C, lam=lam)) for l in range(L)])
     normals = np.stack([lam * C + K[l] @ K[l].T for l in range(L)])  # A_l = λC + K_l K_lᵀ
+    np.testing.assert_allclose(memit_normals(K, C, lam), normals, rtol=1e-5, atol=1e-5)
     got = M.merge({"w": deltas}, "regmean", normals={"w": normals})["w"]
     assert rel(got, solve_memit(stacked(K), stacked(R), C, lam=L * lam)) <= TOL
 
@@ -61,6 +63,7 @@ def test_regmean_of_shared_covariance_memit_is_the_mean(edits):
         [np.asarray(solve_memit(K[l], R[l], C, lam=lam, gram=G - K[l] @ K[l].T)) for l in range(L)]
     )
     normals = np.stack([lam * C + G] * L)
+    np.testing.assert_allclose(memit_normals(K, C, lam, shared=True), normals, rtol=1e-5, atol=1e-5)
     got = M.merge({"w": deltas}, "regmean", normals={"w": normals})["w"]
     assert rel(got, deltas.astype(np.float64).mean(0)) <= TOL
     assert rel(got, np.asarray(solve_memit(stacked(K), stacked(R), C, lam=lam)) / L) <= TOL
@@ -74,8 +77,18 @@ def test_regmean_of_alphaedit_is_the_joint_solve_with_l2_times_L(edits):
     l2 = 0.5
     deltas = np.stack([np.asarray(solve_alphaedit(K[l], R[l], P, l2=l2)) for l in range(L)])
     normals = np.stack([P @ K[l] @ K[l].T @ P + l2 * np.eye(D_IN) for l in range(L)]).astype(np.float32)
+    np.testing.assert_allclose(alphaedit_normals(K, P, l2), normals, rtol=1e-5, atol=1e-5)
     got = M.merge({"w": deltas}, "regmean", normals={"w": normals})["w"]
     assert rel(got, solve_alphaedit(stacked(K), stacked(R), P, l2=L * l2)) <= TOL
+
+
+def test_normals_drop_masked_columns(edits):
+    K, _, C = edits
+    mask = np.ones((L, N), bool)
+    mask[1, 3:] = False
+    expected = memit_normals(np.where(mask[:, None, :], K, 0), C, 2.0)
+    np.testing.assert_allclose(memit_normals(K, C, 2.0, mask=mask), expected, rtol=1e-6)
+    assert not np.allclose(memit_normals(K, C, 2.0), expected)
 
 
 def test_regmean_input_errors():
