@@ -16,8 +16,7 @@ def deltas(seed, langs=3, m=18, n=14):
     return np.random.default_rng(seed).normal(size=(langs, m, n)).astype(np.float32)
 
 
-@pytest.mark.parametrize("shape", [(3, 18, 14), (4, 10, 16)])
-@pytest.mark.parametrize("alpha", [1.0, 1.7])
+@pytest.mark.parametrize(("shape", "alpha"), [((3, 18, 14), 1.0), ((4, 10, 16), 1.7)])
 def test_iso_c_matches_numpy(shape, alpha):
     D = deltas(0, *shape)
     assert rel(M.merge({"w": D}, "iso_c", alpha=alpha)["w"], iso_c_ref(D, alpha)) <= TOL
@@ -54,8 +53,7 @@ def test_subspace_sizes_follow_the_reference_rounding(r, langs, fraction, expect
     assert k_c >= 0 and k_c + langs * k_t == r
 
 
-@pytest.mark.parametrize("fraction", [0.8, 0.5, 0.2])
-@pytest.mark.parametrize("shape", [(3, 18, 14), (4, 10, 16)])
+@pytest.mark.parametrize(("fraction", "shape"), [(0.8, (3, 18, 14)), (0.5, (4, 10, 16)), (0.2, (3, 18, 14))])
 def test_iso_cts_matches_numpy(fraction, shape):
     D = deltas(3, *shape)
     got = M.merge({"w": D}, "iso_cts", common_space_fraction=fraction, alpha=1.3)["w"]

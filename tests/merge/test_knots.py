@@ -15,8 +15,15 @@ def deltas(seed, langs=3, m=12, n=10):
     return np.random.default_rng(seed).normal(size=(langs, m, n)).astype(np.float32)
 
 
-@pytest.mark.parametrize("shape", [(3, 12, 10), (3, 40, 8)])  # Gram route (m <= L·n) and SVD route (m > L·n)
-@pytest.mark.parametrize("merge, density", [("ties", 1.0), ("ties", 0.3), ("mean", 1.0)])
+@pytest.mark.parametrize(  # the Gram route (m <= L·n) and the SVD route (m > L·n)
+    ("shape", "merge", "density"),
+    [
+        ((3, 12, 10), "ties", 1.0),
+        ((3, 12, 10), "ties", 0.3),
+        ((3, 40, 8), "ties", 0.3),
+        ((3, 40, 8), "mean", 1.0),
+    ],
+)
 def test_knots_matches_numpy(shape, merge, density):
     D = deltas(0, *shape)
     got = M.merge({"w": D}, "knots", merge=merge, density=density, alpha=1.4)["w"]
