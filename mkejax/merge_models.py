@@ -136,7 +136,11 @@ def merged_tensor(name: str, refs: list, method: str, hparams: Mapping, sources:
     base = refs[0].read()
     wide = np.promote_types(base.dtype, np.float32)
     base_w = np.asarray(base, dtype=wide)
-    tasks = np.stack([np.asarray(r.read(), dtype=wide) - base_w for r in refs[1:]])  # [T, ...]
+    tasks = np.empty(
+        (len(refs) - 1, *base.shape), wide
+    )  # [T, ...], filled in place (no per-input temporaries)
+    for i, ref in enumerate(refs[1:]):
+        np.subtract(np.asarray(ref.read(), dtype=wide), base_w, out=tasks[i])
     bad = [str(sources[i + 1]) for i in range(len(refs) - 1) if not np.isfinite(tasks[i]).all()]
     if not np.isfinite(base_w).all():
         bad.insert(0, str(sources[0]))

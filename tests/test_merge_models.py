@@ -98,6 +98,31 @@ def test_transformers_and_mkejax_load_the_merge_with_equal_logits(checkpoints, t
     assert np.abs(ours - base_logits).max() > 1e-3  # the merge changed the model
 
 
+def test_bfloat16_checkpoints_stay_bfloat16(checkpoints, tmp_path):
+    import torch
+    from safetensors.torch import load_file as load_torch
+    from safetensors.torch import save_file as save_torch
+
+    base, fts = checkpoints
+    folders = []
+    for src in [base, *fts[:2]]:
+        dst = tmp_path / src.name
+        shutil.copytree(src, dst)
+        tensors = {k: v.to(torch.bfloat16) for k, v in load_torch(src / "model.safetensors").items()}
+        save_torch(tensors, dst / "model.safetensors", metadata={"format": "pt"})
+        folders.append(dst)
+    out = merge_models(folders[0], folders[1:], tmp_path / "out", method="sum")
+    merged = load_torch(out / "model.safetensors")
+    theta = [load_torch(f / "model.safetensors") for f in folders]
+    for name, w in merged.items():
+        assert w.dtype == torch.bfloat16, name
+        w0, w1, w2 = (t[name].double() for t in theta)
+        expected = (w0 + (w1 - w0) + (w2 - w0)).to(
+            torch.bfloat16
+        )  # the float32 sum, rounded once to bfloat16
+        assert (w.double() - expected.double()).abs().max() <= 2**-7 * expected.double().abs().max(), name
+
+
 def test_mismatched_architectures_name_the_tensor_or_field(checkpoints, tmp_path):
     base, fts = checkpoints
     bad = perturbed(base, tmp_path / "bad", seed=9)
