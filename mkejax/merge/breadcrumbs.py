@@ -1,4 +1,4 @@
-"""Model Breadcrumbs: drop each language's largest and smallest entries (Davari & Belilovsky, ECCV 2024,
+"""Model Breadcrumbs: drop each language's largest and smallest entries (Davari & Belilovsky 2024,
 arXiv 2312.06795), then sum (or mean, or TIES).
 
 Per language l and leaf (layer), rank the N entries of ΔW_l by |value|; drop the top ⌊γ·N⌋ (outliers) and keep
