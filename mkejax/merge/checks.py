@@ -6,7 +6,9 @@ a bad grid fails at configuration time with the value that is wrong.
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -93,6 +95,18 @@ def num_languages(deltas: PyTree, method: str) -> int:
     return count
 
 
+def lang_sum(x) -> jax.Array:
+    """Σ over the leading (language) axis as L − 1 elementwise adds. XLA's CPU reduction over a leading axis is
+    ~40x slower (it transposes first: 1.56 s vs 0.034 s for [12, 1024, 3584] float32, and 20 s for one
+    Llama-3.1-8B down_proj layer), while the unrolled adds fuse into one pass over the data."""
+    return functools.reduce(operator.add, [x[i] for i in range(x.shape[0])])
+
+
+def lang_mean(x) -> jax.Array:
+    """The mean over the leading (language) axis (see :func:`lang_sum`)."""
+    return lang_sum(x) / x.shape[0]
+
+
 def widen(x) -> jax.Array:
     """``x`` in at least float32 (the precision every merge computes in before casting back)."""
     x = jnp.asarray(x)
@@ -112,4 +126,4 @@ def map_leaves(fn: Callable[[jax.Array], jax.Array], deltas: PyTree) -> PyTree:
 def map_matrices(fn: Callable[[jax.Array], jax.Array], deltas: PyTree, alpha: float) -> PyTree:
     """``fn`` on every ``[L, m, n]`` leaf; every other leaf is averaged over languages and scaled by ``alpha``
     (how the SVD-based references treat biases and norms). Results are cast back to each leaf's dtype."""
-    return map_leaves(lambda d: fn(d) if d.ndim == 3 else alpha * d.mean(axis=0), deltas)
+    return map_leaves(lambda d: fn(d) if d.ndim == 3 else alpha * lang_mean(d), deltas)

@@ -11,7 +11,7 @@ band) followed by one of these combinations over the language axis of a leaf ``d
 
 from __future__ import annotations
 
-from mkejax.merge.checks import check_choice
+from mkejax.merge.checks import check_choice, lang_mean, lang_sum
 from mkejax.merge.ties import ties_leaf
 
 BASES = ("sum", "mean", "ties")
@@ -24,7 +24,7 @@ def check_base(base) -> str:
 def combine_leaf(d, base: str, alpha: float):
     """``d [L, ...]`` -> ``[...]`` by ``base`` (see the module docstring), times α."""
     if base == "sum":
-        return alpha * d.sum(axis=0)
+        return alpha * lang_sum(d)
     if base == "mean":
-        return alpha * d.mean(axis=0)
+        return alpha * lang_mean(d)
     return ties_leaf(d, 1.0, alpha)  # density 1: every kept (non-zero) entry votes

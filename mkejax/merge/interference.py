@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mkejax.merge.checks import lang_sum
 from mkejax.merge.linalg import compute_dtype, guard, mm, poison, rank_tol, svd, use_float64, wide_scope
 
 MATRIX_DIAGNOSTICS = ("cosine", "left_overlap", "right_overlap", "key_overlap")
@@ -60,7 +61,7 @@ def norm_ratio(deltas):
     with wide_scope(use64):
         x, ok = guard(deltas)
         flat = x.reshape(x.shape[0], -1).astype(compute_dtype(use64))
-        total = jnp.linalg.norm(flat.sum(axis=0))
+        total = jnp.linalg.norm(lang_sum(flat))
         parts = jnp.linalg.norm(flat, axis=1).sum()
         return poison(jnp.where(parts > 0, total / jnp.where(parts > 0, parts, 1), jnp.nan), ok)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from mkejax.merge.checks import check_alpha, map_matrices, num_languages
+from mkejax.merge.checks import check_alpha, lang_sum, map_matrices, num_languages
 from mkejax.merge.linalg import compute_dtype, guard, mm, poison, rank_tol, svd, use_float64, wide_scope
 from mkejax.merge.registry import MergeFn, register
 
@@ -40,7 +40,7 @@ def iso_c_leaf(d, alpha: float):
     use64 = use_float64()
     with wide_scope(use64):
         x, ok = guard(d)
-        total = x.astype(compute_dtype(use64)).sum(axis=0)  # [m, n]
+        total = lang_sum(x.astype(compute_dtype(use64)))  # [m, n]
         U, s, Vh = svd(total)  # [m, r], [r], [r, n]
         live = s > rank_tol(s[0], total.shape, d.dtype)
         return poison(alpha * isotropic(U, s, Vh, live), ok).astype(d.dtype)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mkejax.merge.checks import check_alpha, check_unit, map_matrices, num_languages
+from mkejax.merge.checks import check_alpha, check_unit, lang_sum, map_matrices, num_languages
 from mkejax.merge.iso_c import isotropic
 from mkejax.merge.linalg import (
     compute_dtype,
@@ -64,7 +64,7 @@ def iso_cts_leaf(d, fraction: float, alpha: float):
     ct = compute_dtype(use64)
     with wide_scope(use64):
         x, ok = guard(d)
-        total = x.astype(ct).sum(axis=0)  # [m, n]
+        total = lang_sum(x.astype(ct))  # [m, n]
         U, s, Vh = svd(total)
         live = s[:k_c] > rank_tol(s[0], (m, n), d.dtype)  # [k_c]
         U_c, s_c, V_c = U[:, :k_c] * live[None, :], jnp.where(live, s[:k_c], 0), Vh[:k_c] * live[:, None]

@@ -30,7 +30,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mkejax.merge.checks import check_alpha, check_choice, check_fraction, map_matrices, num_languages
+from mkejax.merge.checks import (
+    check_alpha,
+    check_choice,
+    check_fraction,
+    lang_mean,
+    map_matrices,
+    num_languages,
+)
 from mkejax.merge.linalg import compute_dtype, guard, mm, poison, rank_tol, svd, use_float64, wide_scope
 from mkejax.merge.registry import MergeFn, register
 from mkejax.merge.ties import ties_leaf
@@ -65,7 +72,7 @@ def knots_leaf(d, merge: str, density: float, alpha: float):
         tol = rank_tol(sigma[0], (m, L * n), d.dtype)
         live = sigma > tol  # [r]
         S = jnp.where(live[None, :, None] & (jnp.abs(S) > tol), S, 0).astype(jnp.float32)  # [L, r, n]
-        merged = ties_leaf(S, density, 1.0) if merge == "ties" else S.mean(axis=0)  # [r, n]
+        merged = ties_leaf(S, density, 1.0) if merge == "ties" else lang_mean(S)  # [r, n]
         out = mm(U * live[None, :].astype(ct), merged.astype(ct))
         return poison(alpha * out, ok).astype(d.dtype)
 

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import numpy as np
 
-from mkejax.merge.checks import check_alpha, check_unit, num_languages
+from mkejax.merge.checks import check_alpha, check_unit, lang_sum, num_languages
 from mkejax.merge.linalg import compute_dtype, guard, mm, poison, use_float64, wide_scope
 from mkejax.merge.registry import MergeFn, register
 
@@ -91,7 +91,7 @@ def memit_normals(keys, C, lam, *, shared: bool = False, gram=None, mask=None):
     """
     G = _grams(keys, mask)
     if shared:
-        G = jnp.broadcast_to(G.sum(axis=0), G.shape)
+        G = jnp.broadcast_to(lang_sum(G), G.shape)
     A = lam * jnp.asarray(C, jnp.float32)[None] + G
     return A if gram is None else A + jnp.asarray(gram, jnp.float32)[None]
 
@@ -106,7 +106,7 @@ def alphaedit_normals(keys, P, l2, *, shared: bool = False, gram=None, mask=None
     """
     G = _grams(keys, mask)
     if shared:
-        G = jnp.broadcast_to(G.sum(axis=0), G.shape)
+        G = jnp.broadcast_to(lang_sum(G), G.shape)
     if gram is not None:
         G = G + jnp.asarray(gram, jnp.float32)[None]
     P = jnp.asarray(P, jnp.float32)

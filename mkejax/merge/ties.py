@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from mkejax.merge.checks import check_alpha, check_fraction, map_leaves, num_languages
+from mkejax.merge.checks import check_alpha, check_fraction, lang_sum, map_leaves, num_languages
 from mkejax.merge.registry import MergeFn, register
 
 
@@ -27,11 +27,11 @@ def ties_leaf(d, density: float, alpha: float):
     mag = jnp.abs(flat)
     threshold = jnp.sort(mag, axis=1)[:, n - k]  # [L]: k-th largest |value| per language
     trimmed = jnp.where(mag >= threshold[:, None], flat, 0)  # [L, N]
-    elected = jnp.sign(trimmed.sum(axis=0))  # [N]
+    elected = jnp.sign(lang_sum(trimmed))  # [N]
     elected = jnp.where(elected == 0, jnp.sign(elected.sum()), elected)
     agree = (jnp.sign(trimmed) == elected[None, :]) & (trimmed != 0)  # [L, N]
-    total = jnp.where(agree, trimmed, 0).sum(axis=0)
-    count = agree.sum(axis=0)
+    total = lang_sum(jnp.where(agree, trimmed, 0))
+    count = lang_sum(agree.astype(jnp.int32))
     merged = jnp.where(count > 0, total / jnp.maximum(count, 1), 0)  # [N]
     return (alpha * merged).reshape(d.shape[1:])
 
