@@ -30,15 +30,18 @@ from mkejax.merge.registry import (
     side_inputs,
     validate,
 )
+from mkejax.merge.regmean import alphaedit_normals, memit_normals
 
 __all__ = [
     "MergeFn",
+    "alphaedit_normals",
     "apply",
     "available",
     "check_finite",
     "get",
     "hparam_defaults",
     "hparam_names",
+    "memit_normals",
     "merge",
     "register",
     "side_inputs",

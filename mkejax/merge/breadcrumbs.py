@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from mkejax.merge.checks import check_alpha, check_fraction, check_rate, map_leaves, num_languages
 from mkejax.merge.combine import check_base, combine_leaf
 from mkejax.merge.registry import MergeFn, register
+from mkejax.merge.ties import kth_largest
 
 
 def band_counts(n: int, density: float, gamma: float) -> tuple[int, int]:
@@ -38,11 +39,9 @@ def breadcrumbs_mask(d, density: float, gamma: float):
     mag = jnp.abs(d.reshape(L, -1))  # [L, N]
     n = mag.shape[1]
     top, keep = band_counts(n, density, gamma)
-    desc = -jnp.sort(-mag, axis=1)  # [L, N], largest first
-    lo = desc[:, top + keep - 1][:, None]
-    mask = mag >= lo
+    mask = mag >= kth_largest(mag, top + keep)[:, None]
     if top > 0:
-        mask = mask & (mag < desc[:, top - 1][:, None])
+        mask = mask & (mag < kth_largest(mag, top)[:, None])
     return mask.reshape(d.shape)
 
 

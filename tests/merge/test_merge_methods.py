@@ -10,6 +10,7 @@ from merge_refs import rel, ties_ref, tsvm_ref
 
 from mkejax import merge as M
 from mkejax.merge import registry
+from mkejax.merge.ties import kth_largest
 
 L, ROWS, COLS = 3, 24, 20
 TOL = 1e-5
@@ -86,6 +87,18 @@ def test_ties_matches_numpy(density):
     D = deltas(5, m=12, n=10)
     got = M.merge({"w": D}, "ties", density=density, alpha=1.1)["w"]
     assert rel(got, ties_ref(D, density, alpha=1.1)) <= TOL
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kth_largest_equals_the_sorted_value(dtype):
+    """The bisection TIES and Breadcrumbs use for their thresholds, with zeros and ties among the entries."""
+    x = np.abs(np.random.default_rng(9).normal(size=(3, 500))).astype(dtype)
+    x[0, :250], x[1, 10:20] = 0.0, x[1, 0]
+    with jax.enable_x64(dtype == np.float64):
+        for k in (1, 9, 249, 250, 251, 500):
+            got = np.asarray(kth_largest(jnp.asarray(x), k))
+            np.testing.assert_array_equal(got, np.sort(x, axis=1)[:, 500 - k])
+            assert got.dtype == dtype
 
 
 # ---- properties of every method ---------------------------------------------------------------------------------
