@@ -6,9 +6,7 @@ a bad grid fails at configuration time with the value that is wrong.
 
 from __future__ import annotations
 
-import functools
 import math
-import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -96,10 +94,15 @@ def num_languages(deltas: PyTree, method: str) -> int:
 
 
 def lang_sum(x) -> jax.Array:
-    """Σ over the leading (language) axis as L − 1 elementwise adds. XLA's CPU reduction over a leading axis is
-    ~40x slower (it transposes first: 1.56 s vs 0.034 s for [12, 1024, 3584] float32, and 20 s for one
-    Llama-3.1-8B down_proj layer), while the unrolled adds fuse into one pass over the data."""
-    return functools.reduce(operator.add, [x[i] for i in range(x.shape[0])])
+    """Σ over the leading (language) axis, as a contraction with a vector of ones.
+
+    XLA's CPU reduction over a leading axis is ~40x slower (it transposes first: 1.56 s vs 0.039 s for
+    [12, 1024, 3584] float32, 20 s for one Llama-3.1-8B down_proj layer); unrolled adds are as fast on one
+    device but, with the language axis sharded over devices, need collective permutes, while the contraction
+    partitions into local partial sums and one all-reduce.
+    """
+    x = jnp.asarray(x)
+    return jnp.tensordot(jnp.ones(x.shape[0], x.dtype), x, axes=1, precision=jax.lax.Precision.HIGHEST)
 
 
 def lang_mean(x) -> jax.Array:

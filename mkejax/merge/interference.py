@@ -19,7 +19,7 @@ with per-language deltas ΔW_l [d_out, d_in] (leaf [L, d_out, d_in]):
 Entries involving an all-zero delta (a language that did not edit the layer) are NaN: they are undefined.
 :func:`off_diagonal_correlation` relates any [L, L] diagnostic to a cross-lingual score matrix; plots are in
 :mod:`mkejax.merge.interference_plots`. Decompositions in float64 where the backend has it (float32 on TPU),
-one language at a time; non-finite inputs give NaN.
+batched over languages; non-finite inputs give NaN.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def _subspace_overlap(deltas, k: int, left: bool):
             B = u[:, :k] if left else vh[:k].T
             return B * live[None, :], live.sum()
 
-        B, rank = jax.lax.map(basis, x)  # [L, dim, k], [L]
+        B, rank = jax.vmap(basis)(x)  # [L, dim, k], [L] (batched over languages: see linalg.top_components)
         cross = jnp.einsum("lak,jab->ljkb", B, B, precision=jax.lax.Precision.HIGHEST)  # [L, L, k, k]
         fro2 = (cross**2).sum(axis=(2, 3))  # Σ cos² of the principal angles
         dim = jnp.minimum(rank[:, None], rank[None, :])

@@ -22,7 +22,7 @@ As in :mod:`mkejax.merge.iso_c`, components whose singular value is numerically 
 their singular vectors are arbitrary) are dropped — from the common subspace before projecting, from each
 task-specific block, and from σ̄ — where the code keeps all r; for full-rank deltas the two agree.
 
-SVDs in float64 where the backend has it (float32 on TPU), one language at a time; non-finite inputs give NaN.
+SVDs in float64 where the backend has it (float32 on TPU), batched over languages; non-finite inputs give NaN.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def iso_cts_leaf(d, fraction: float, alpha: float):
                 keep = sl[:k_t] > rank_tol(jnp.linalg.norm(xl), (m, n), d.dtype)
                 return u[:, :k_t] * keep[None, :], jnp.where(keep, sl[:k_t], 0), vh[:k_t] * keep[:, None]
 
-            U_t, s_t, V_t = jax.lax.map(task, x)  # [L, m, k_t], [L, k_t], [L, k_t, n]
+            U_t, s_t, V_t = jax.vmap(task)(x)  # [L, m, k_t], [L, k_t], [L, k_t, n] (batched: see linalg)
             blocks_u.append(U_t.transpose(1, 0, 2).reshape(m, L * k_t))
             blocks_s.append(s_t.reshape(L * k_t))
             blocks_v.append(V_t.reshape(L * k_t, n))

@@ -20,14 +20,13 @@ are set to 0 before TIES: they are rounding noise of an exact 0 (a component of 
 disjoint mean would otherwise count them as votes.
 
 Computation: when m <= L·n (edit deltas: D rows, F·L columns) U and σ² come from the eigendecomposition of the
-[m, m] Gram Σ_l ΔW_l ΔW_lᵀ and S_l = Uᵀ ΔW_l, one language at a time, so the [m, L·n] matrix is never formed;
-otherwise from its thin SVD. Float64 where the backend has it (float32 on TPU); the coefficients are merged in
+[m, m] Gram Σ_l ΔW_l ΔW_lᵀ and S_l = Uᵀ ΔW_l (contractions over the language axis, which partition when it is
+sharded), so the [m, L·n] matrix is never formed; otherwise from its thin SVD. Float64 where the backend has it (float32 on TPU); the coefficients are merged in
 float32 (a selection, not a solve). Non-finite inputs give NaN, never a hung decomposition.
 """
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from mkejax.merge.checks import (
@@ -38,7 +37,17 @@ from mkejax.merge.checks import (
     map_matrices,
     num_languages,
 )
-from mkejax.merge.linalg import compute_dtype, guard, mm, poison, rank_tol, svd, use_float64, wide_scope
+from mkejax.merge.linalg import (
+    HIGHEST,
+    compute_dtype,
+    guard,
+    mm,
+    poison,
+    rank_tol,
+    svd,
+    use_float64,
+    wide_scope,
+)
 from mkejax.merge.registry import MergeFn, register
 from mkejax.merge.ties import ties_leaf
 
@@ -49,12 +58,11 @@ def shared_basis(x, ct):
     """(U [m, r], σ [r], S [L, r, n]) with x_l = U S_l, σ descending, for guarded ``x [L, m, n]``."""
     L, m, n = x.shape
     if m <= L * n:
-        gram = jax.lax.fori_loop(
-            0, L, lambda l, g: g + mm(x[l].astype(ct), x[l].astype(ct).T), jnp.zeros((m, m), ct)
-        )  # [m, m] = Σ_l ΔW_l ΔW_lᵀ
+        xc = x.astype(ct)
+        gram = jnp.einsum("lmn,lkn->mk", xc, xc, precision=HIGHEST)  # [m, m] = Σ_l ΔW_l ΔW_lᵀ
         w, U = jnp.linalg.eigh(0.5 * (gram + gram.T))  # ascending
         U, sigma = U[:, ::-1], jnp.sqrt(jnp.maximum(w[::-1], 0))
-        coeffs = jax.lax.map(lambda xl: mm(U.T, xl.astype(ct)), x)  # [L, m, n]
+        coeffs = jnp.einsum("mr,lmn->lrn", U, xc, precision=HIGHEST)  # [L, m, n] = Uᵀ ΔW_l
         return U, sigma, coeffs
     U, sigma, Vh = svd(x.astype(ct).transpose(1, 0, 2).reshape(m, L * n))  # [m, r], [r], [r, L·n]
     coeffs = (sigma[:, None] * Vh).reshape(-1, L, n).transpose(1, 0, 2)  # [L, r, n]

@@ -69,16 +69,16 @@ def rank_tol(s_max, shape: tuple[int, ...], dtype) -> jax.Array:
 
 
 def top_components(d, k: int, in_dtype, ct):
-    """Top-``k`` SVD components of each language's matrix ``d [L, m, n]``, one language at a time (the
-    workspace of one SVD, not L), with numerically zero components zeroed (see :func:`rank_tol`).
+    """Top-``k`` SVD components of each language's matrix ``d [L, m, n]``, with numerically zero components
+    zeroed (see :func:`rank_tol`).
+
+    One batched SVD over the language axis, so that with the languages sharded over devices each device
+    decomposes its own (a ``lax.map`` over languages would need only one SVD's workspace on one device, but XLA
+    gathers a scanned sharded axis onto every device and repeats all L SVDs there).
 
     Returns U [L, m, k], s [L, k], Vh [L, k, n] in ``ct``; the input is guarded by the caller.
     """
-
-    def one(x):  # [m, n]
-        u, s, vh = svd(x.astype(ct))
-        u, s, vh = u[:, :k], s[:k], vh[:k]
-        live = s > rank_tol(s[0], x.shape, in_dtype)
-        return u * live[None, :], jnp.where(live, s, 0), vh * live[:, None]
-
-    return jax.lax.map(one, d)
+    u, s, vh = svd(d.astype(ct))  # [L, m, r], [L, r], [L, r, n]
+    u, s, vh = u[:, :, :k], s[:, :k], vh[:, :k]
+    live = s > rank_tol(s[:, :1], d.shape[1:], in_dtype)  # [L, k]
+    return u * live[:, None, :], jnp.where(live, s, 0), vh * live[:, :, None]

@@ -23,8 +23,8 @@ Side input ``normals``: a pytree with the structure of the deltas whose leaves a
 positive semi-definite, with a positive definite sum) for the deltas' [L, d_out, d_in];
 :func:`memit_normals` and :func:`alphaedit_normals` build them from the keys an edit stage solved with. The sum is factorised by
 Cholesky, in float64 under a scoped x64 where the backend has it and float32 with highest-precision matmuls on
-TPU (the policy of the edit solvers); languages are accumulated one at a time (one [d_in, d_in] in the wide
-dtype). A singular sum gives NaN, which :func:`mkejax.merge.merge` reports.
+TPU (the policy of the edit solvers); the sums over languages are contractions, which partition when the
+language axis is sharded. A singular sum gives NaN, which :func:`mkejax.merge.merge` reports.
 """
 
 from __future__ import annotations
@@ -35,27 +35,26 @@ import jax.scipy.linalg as jsl
 import numpy as np
 
 from mkejax.merge.checks import check_alpha, check_unit, lang_sum, num_languages
-from mkejax.merge.linalg import compute_dtype, guard, mm, poison, use_float64, wide_scope
+from mkejax.merge.linalg import compute_dtype, guard, poison, use_float64, wide_scope
 from mkejax.merge.registry import MergeFn, register
 
 
 def regmean_leaf(d, A, alpha: float, offdiag_ratio: float):
     """RegMean of one leaf: ``d [L, m, n]``, ``A [L, n, n]`` -> ``[m, n]`` in the dtype of ``d``."""
-    L, m, n = d.shape
+    n = d.shape[2]
     use64 = use_float64()
     ct = compute_dtype(use64)
     with wide_scope(use64):
         x, ok_d = guard(d)
         a, ok_a = guard(A)
 
-        def step(l, carry):  # accumulate Σ ΔW_l A_l [m, n] and Σ A_l [n, n], one language at a time
-            num, den = carry
-            al = a[l].astype(ct)
-            if offdiag_ratio != 1.0:
-                al = offdiag_ratio * al + (1 - offdiag_ratio) * jnp.diag(jnp.diagonal(al))
-            return num + mm(x[l].astype(ct), al), den + al
-
-        num, den = jax.lax.fori_loop(0, L, step, (jnp.zeros((m, n), ct), jnp.zeros((n, n), ct)))
+        a = a.astype(ct)
+        if offdiag_ratio != 1.0:
+            eye = jnp.eye(n, dtype=ct)
+            a = offdiag_ratio * a + (1 - offdiag_ratio) * a * eye[None]
+        # Contractions over the language axis: with it sharded, local partial sums and one all-reduce.
+        num = jnp.einsum("lmn,lnk->mk", x.astype(ct), a, precision=jax.lax.Precision.HIGHEST)  # Σ ΔW_l A_l
+        den = lang_sum(a)  # Σ A_l [n, n]
         den = 0.5 * (den + den.T)
         factor, lower = jsl.cho_factor(den, lower=True)
         pivots = jnp.diagonal(factor)

@@ -14,8 +14,8 @@ the reference. Components whose singular value is numerically zero (rank-deficie
 languages) are zeroed before orthogonalisation as well: their singular vectors are arbitrary, and leaving them in
 would make the polar factor of the real components depend on that arbitrary choice.
 
-SVDs run in float64 under a scoped x64 where the backend has it (CPU, GPU), else float32; one language at a time
-(the workspace of one SVD). Non-finite inputs give NaN, never a hung SVD (:func:`mkejax.merge.linalg.guard`).
+SVDs run in float64 under a scoped x64 where the backend has it (CPU, GPU), else float32; one batched SVD over
+the languages (which partitions when the language axis is sharded). Non-finite inputs give NaN, never a hung SVD (:func:`mkejax.merge.linalg.guard`).
 """
 
 from __future__ import annotations
