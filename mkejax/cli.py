@@ -10,6 +10,7 @@ Subcommands (each with ``--help``)::
     mkejax report RUN_DIR                        rebuild report.md, table and plots from a run's results
     mkejax demo                                  the offline demo (configs/demo.yaml), table printed
     mkejax export RUN_DIR VARIANT OUT_DIR        a merged model as an HF safetensors checkpoint
+    mkejax merge-models BASE FT ... --out DIR    merge fine-tuned checkpoints' task vectors (--method, --set)
     mkejax config CONFIG [--hparams]             validate a config, print it resolved with its hash
     mkejax generate [PROMPT ...] [--model SOURCE]   load a model and print a greedy completion
 
@@ -23,6 +24,7 @@ at a time holds a run directory: a second fails at once naming the first (``--wa
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import os
 import sys
@@ -197,6 +199,44 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _merge_methods_help() -> str:
+    from mkejax.merge import available, hparam_defaults, side_inputs
+
+    lines = ["merge methods (hyperparameters with defaults; set them with --set NAME=VALUE):"]
+    for method in available():
+        if side_inputs(method):
+            continue
+        hp = ", ".join(f"{k}={v!r}" for k, v in hparam_defaults(method).items()) or "none"
+        lines.append(f"  {method:<16} {hp}")
+    refused = [m for m in available() if side_inputs(m)]
+    if refused:
+        lines.append(f"not available here (they need per-language edit statistics): {', '.join(refused)}")
+    return "\n".join(lines)
+
+
+def cmd_merge_models(args) -> int:
+    """Merges fine-tuned checkpoints of one base model: for every parameter the task vectors θ_i − θ_base
+    (one per fine-tune, in the order given) are merged with a registered merge method and added to the base;
+    the result is written as an HF safetensors checkpoint (config and tokenizer files copied from BASE) that
+    transformers and mkejax load. Checkpoints must share one architecture (config, tensor names, shapes); tensors
+    are read and written one at a time."""
+    import yaml
+
+    from mkejax.merge_models import merge_models
+
+    hparams = {}
+    for item in args.set or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {item!r}: expected NAME=VALUE, e.g. --set density=0.3")
+        hparams[key.strip()] = yaml.safe_load(value)
+    out = merge_models(
+        args.base, args.finetuned, args.out, method=args.method, hparams=hparams, force=args.force
+    )
+    print(out)
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     from mkejax import __version__
@@ -254,6 +294,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", metavar="OUT_DIR", help="the checkpoint folder to write (must not exist)")
     p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "merge-models", help="merge fine-tuned checkpoints' task vectors into one HF checkpoint",
+        description=inspect.cleandoc(cmd_merge_models.__doc__), epilog=_merge_methods_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    _common(p, config=False)
+    p.add_argument("base", metavar="BASE", help="the base model's HF checkpoint folder")
+    p.add_argument("finetuned", metavar="FT", nargs="+", help="fine-tuned HF checkpoint folders of BASE")
+    p.add_argument("--method", default="ties", metavar="METHOD", help="merge method (default: %(default)s)")
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="the checkpoint folder to write (must not exist)"
+    )
+    p.add_argument(
+        "--set", action="append", metavar="NAME=VALUE", default=[],
+        help="a hyperparameter of the method, e.g. --set density=0.3 (repeatable; values parsed as YAML)",
+    )  # fmt: skip
+    p.add_argument("--force", action="store_true", help="replace DIR if it exists")
+    p.set_defaults(func=cmd_merge_models)
 
     from mkejax.models.sources import DEFAULT_MODEL
 

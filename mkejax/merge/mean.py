@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from mkejax.merge.registry import MergeFn, check_alpha, map_leaves, num_languages, register
+from mkejax.merge.checks import check_alpha, lang_sum, map_leaves, num_languages
+from mkejax.merge.registry import MergeFn, register
 
 
 @register("mean")
@@ -12,6 +13,6 @@ def mean_merge(*, alpha: float = 1.0) -> MergeFn:
 
     def merge(deltas):
         count = num_languages(deltas, "mean")
-        return map_leaves(lambda d: (alpha / count) * d.sum(axis=0), deltas)  # [L, ...] -> [...]
+        return map_leaves(lambda d: (alpha / count) * lang_sum(d), deltas)  # [L, ...] -> [...]
 
     return merge

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from mkejax.merge.registry import MergeFn, check_alpha, map_leaves, num_languages, register
+from mkejax.merge.checks import check_alpha, lang_sum, map_leaves, num_languages
+from mkejax.merge.registry import MergeFn, register
 
 
 @register("sum")
@@ -12,6 +13,6 @@ def sum_merge(*, alpha: float = 1.0) -> MergeFn:
 
     def merge(deltas):
         num_languages(deltas, "sum")
-        return map_leaves(lambda d: alpha * d.sum(axis=0), deltas)  # [L, ...] -> [...]
+        return map_leaves(lambda d: alpha * lang_sum(d), deltas)  # [L, ...] -> [...]
 
     return merge

@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mkejax.merge.registry import MergeFn, check_alpha, map_leaves, num_languages, register
+from mkejax.merge.checks import check_alpha, map_leaves, num_languages
+from mkejax.merge.registry import MergeFn, register
 
 
 @register("task_arithmetic")

@@ -14,23 +14,24 @@ the reference. Components whose singular value is numerically zero (rank-deficie
 languages) are zeroed before orthogonalisation as well: their singular vectors are arbitrary, and leaving them in
 would make the polar factor of the real components depend on that arbitrary choice.
 
-SVDs run in float64 under a scoped x64 where the backend has it (CPU, GPU), else float32.
+SVDs run in float64 under a scoped x64 where the backend has it (CPU, GPU), else float32; one batched SVD over
+the languages (which partitions when the language axis is sharded). Non-finite inputs give NaN, never a hung SVD (:func:`mkejax.merge.linalg.guard`).
 """
 
 from __future__ import annotations
 
-import contextlib
-
-import jax
-import jax.numpy as jnp
-
-from mkejax.merge.registry import MergeFn, check_alpha, check_fraction, map_leaves, num_languages, register
-
-
-def _polar(A):
-    """Nearest matrix with orthonormal columns (or rows, if wide) to A: U Vᵀ of its thin SVD."""
-    u, _, vh = jnp.linalg.svd(A, full_matrices=False)
-    return jnp.matmul(u, vh, precision=jax.lax.Precision.HIGHEST)
+from mkejax.merge.checks import check_alpha, check_fraction, map_matrices, num_languages
+from mkejax.merge.linalg import (
+    compute_dtype,
+    guard,
+    mm,
+    poison,
+    polar,
+    top_components,
+    use_float64,
+    wide_scope,
+)
+from mkejax.merge.registry import MergeFn, register
 
 
 def kept_rank(shape: tuple[int, ...], num_langs: int, rank_ratio: float | None) -> int:
@@ -42,19 +43,16 @@ def kept_rank(shape: tuple[int, ...], num_langs: int, rank_ratio: float | None) 
 def tsvm_leaf(d, k: int, alpha: float):
     """TSV-Merge of one leaf ``d [L, m, n]`` keeping ``k`` components per language -> ``[m, n]``."""
     L, m, n = d.shape
-    wide = jax.default_backend() != "tpu"  # float64 where the backend has it, as in mkejax.edit.solvers
-    with jax.enable_x64(True) if wide else contextlib.nullcontext():
-        ct = jnp.float64 if wide else jnp.float32
-        U, s, Vh = jnp.linalg.svd(d.astype(ct), full_matrices=False)  # [L, m, r], [L, r], [L, r, n]
-        U, s, Vh = U[:, :, :k], s[:, :k], Vh[:, :k, :]
+    use64 = use_float64()
+    with wide_scope(use64):
+        x, ok = guard(d)
         # Numerically non-zero components, judged at the input's precision (numpy's matrix_rank tolerance).
-        live = s > s[:, :1] * max(m, n) * jnp.finfo(d.dtype).eps  # [L, k]
-        s = jnp.where(live, s, 0)
-        U_cat = (U * live[:, None, :]).transpose(1, 0, 2).reshape(m, L * k)  # [m, L·k]
-        Vh_cat = (Vh * live[:, :, None]).reshape(L * k, n)  # [L·k, n]
-        U_orth, Vh_orth = _polar(U_cat), _polar(Vh_cat)
-        out = jnp.matmul(U_orth * s.reshape(1, L * k), Vh_orth, precision=jax.lax.Precision.HIGHEST)  # [m, n]
-        return (alpha * out).astype(d.dtype)
+        U, s, Vh = top_components(x, k, d.dtype, compute_dtype(use64))  # [L, m, k], [L, k], [L, k, n]
+        U_cat = U.transpose(1, 0, 2).reshape(m, L * k)  # [m, L·k]
+        Vh_cat = Vh.reshape(L * k, n)  # [L·k, n]
+        U_orth, Vh_orth = polar(U_cat), polar(Vh_cat)
+        out = mm(U_orth * s.reshape(1, L * k), Vh_orth)  # [m, n]
+        return poison(alpha * out, ok).astype(d.dtype)
 
 
 @register("tsvm")
@@ -72,12 +70,8 @@ def tsvm_merge(*, rank_ratio: float | None = None, alpha: float = 1.0) -> MergeF
 
     def merge(deltas):
         count = num_languages(deltas, "tsvm")
-
-        def one(d):
-            if d.ndim != 3:
-                return alpha * d.mean(axis=0)
-            return tsvm_leaf(d, kept_rank(d.shape[1:], count, rank_ratio), alpha)
-
-        return map_leaves(one, deltas)
+        return map_matrices(
+            lambda d: tsvm_leaf(d, kept_rank(d.shape[1:], count, rank_ratio), alpha), deltas, alpha
+        )
 
     return merge

@@ -6,66 +6,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from merge_refs import rel, ties_ref, tsvm_ref
 
 from mkejax import merge as M
 from mkejax.merge import registry
+from mkejax.merge.ties import kth_largest
 
 L, ROWS, COLS = 3, 24, 20
 TOL = 1e-5
 
 
-def rel(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
 def deltas(seed=0, langs=L, m=ROWS, n=COLS):
     return np.random.default_rng(seed).normal(size=(langs, m, n)).astype(np.float32)
-
-
-# ---- NumPy references, written from the papers' and reference repositories' descriptions -------------------------
-
-
-def polar(A):
-    u, _, vh = np.linalg.svd(A, full_matrices=False)
-    return u @ vh
-
-
-def tsvm_ref(D, rank_ratio=None, alpha=1.0):
-    """TSV-Merge with the reference's zero-padded buffers (AntoAndGar/task_singular_vectors, TSVM_utils.py):
-    width min(m, n) with blocks of k when L·k fits, else the lossless width L·min(m, n) with blocks of min(m, n)."""
-    D = np.asarray(D, np.float64)
-    langs, m, n = D.shape
-    r = min(m, n)
-    k = max(1, int((1 / langs if rank_ratio is None else rank_ratio) * r + 1e-9))
-    width, slot = (r, k) if langs * k <= r else (langs * r, r)
-    U, S, V = np.zeros((m, width)), np.zeros(width), np.zeros((width, n))
-    for i in range(langs):
-        u, s, vh = np.linalg.svd(D[i], full_matrices=False)
-        U[:, i * slot : i * slot + k], S[i * slot : i * slot + k], V[i * slot : i * slot + k] = (
-            u[:, :k],
-            s[:k],
-            vh[:k],
-        )
-    return alpha * polar(U) @ np.diag(S) @ polar(V)
-
-
-def ties_ref(D, density=0.2, alpha=1.0):
-    """TIES (Yadav et al. 2023): exact top-k trim per language, sign by summed mass, disjoint mean."""
-    D = np.asarray(D, np.float64)
-    flat = D.reshape(D.shape[0], -1)
-    k = max(1, int(density * flat.shape[1] + 1e-9))
-    trimmed = np.zeros_like(flat)
-    for i, row in enumerate(flat):
-        top = np.argsort(-np.abs(row))[:k]
-        trimmed[i, top] = row[top]
-    sign = np.sign(trimmed.sum(0))
-    sign[sign == 0] = np.sign(sign.sum())
-    out = np.zeros(flat.shape[1])
-    for j in range(flat.shape[1]):
-        agree = [v for v in trimmed[:, j] if v != 0 and np.sign(v) == sign[j]]
-        out[j] = np.mean(agree) if agree else 0.0
-    return alpha * out.reshape(D.shape[1:])
 
 
 # ---- Sum / Mean / task arithmetic ------------------------------------------------------------------------------
@@ -137,23 +89,44 @@ def test_ties_matches_numpy(density):
     assert rel(got, ties_ref(D, density, alpha=1.1)) <= TOL
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kth_largest_equals_the_sorted_value(dtype):
+    """The bisection TIES and Breadcrumbs use for their thresholds, with zeros and ties among the entries."""
+    x = np.abs(np.random.default_rng(9).normal(size=(3, 500))).astype(dtype)
+    x[0, :250], x[1, 10:20] = 0.0, x[1, 0]
+    with jax.enable_x64(dtype == np.float64):
+        for k in (1, 9, 249, 250, 251, 500):
+            got = np.asarray(kth_largest(jnp.asarray(x), k))
+            np.testing.assert_array_equal(got, np.sort(x, axis=1)[:, 500 - k])
+            assert got.dtype == dtype
+
+
 # ---- properties of every method ---------------------------------------------------------------------------------
 
-HPARAMS = {
+HPARAMS = {  # every method without side inputs (regmean: tests/merge/test_regmean.py)
     "sum": {"alpha": 1.2},
     "mean": {"alpha": 1.2},
     "tsvm": {"alpha": 1.2},
     "ties": {"density": 0.3, "alpha": 1.2},
     "task_arithmetic": {"weights": [0.5, 1.0, 2.0, -0.5], "alpha": 1.2},
+    "iso_c": {"alpha": 1.2},
+    "iso_cts": {"common_space_fraction": 0.5, "alpha": 1.2},
+    "knots": {"density": 0.5, "alpha": 1.2},
+    "dare": {"p": 0.3, "seed": 1, "base": "ties", "alpha": 1.2},
+    "breadcrumbs": {"density": 0.5, "gamma": 0.05, "alpha": 1.2},
 }
+ORDER_DEPENDENT = {"dare"}  # its masks are drawn per language index: permuting languages permutes the draws
 
 
 def test_registry_lists_the_methods():
-    assert M.available() == ("mean", "sum", "task_arithmetic", "ties", "tsvm")
-    assert set(HPARAMS) == set(M.available())
+    assert M.available() == (
+        "breadcrumbs", "dare", "iso_c", "iso_cts", "knots", "mean", "regmean", "sum", "task_arithmetic", "ties",
+        "tsvm",
+    )  # fmt: skip
+    assert set(HPARAMS) == {m for m in M.available() if not M.side_inputs(m)}
 
 
-@pytest.mark.parametrize("method", sorted(HPARAMS))
+@pytest.mark.parametrize("method", sorted(set(HPARAMS) - ORDER_DEPENDENT))
 def test_invariant_to_language_order(method):
     D = deltas(6, langs=4, m=10, n=8)
     vec = np.random.default_rng(7).normal(size=(4, 5)).astype(np.float32)
@@ -189,7 +162,11 @@ def test_jit_keeps_structure_shapes_dtypes_and_finiteness(method):
 # ---- errors -----------------------------------------------------------------------------------------------------
 
 BAD = [
-    ("nonsense", {}, r"unknown merge method 'nonsense'; valid: mean, sum, task_arithmetic, ties, tsvm"),
+    (
+        "nonsense",
+        {},
+        r"unknown merge method 'nonsense'; valid: breadcrumbs, dare, iso_c, iso_cts, knots, mean, ",
+    ),
     ("sum", {"alpha": 0.0}, r"alpha must be a finite number > 0 \(valid range: \(0, inf\)\)"),
     ("mean", {"alpha": -1}, r"alpha must be a finite number > 0"),
     ("tsvm", {"rank_ratio": 0.0}, r"rank_ratio must lie in \(0, 1\]"),
@@ -198,6 +175,19 @@ BAD = [
     ("ties", {"density": 1.01}, r"density must lie in \(0, 1\]"),
     ("ties", {"top_k": 0.2}, r"unknown hyperparameters \['top_k'\]; valid: density, alpha"),
     ("task_arithmetic", {"weights": [1.0, float("nan")]}, r"finite numbers, one per language"),
+    ("iso_c", {"alpha": float("inf")}, r"alpha must be a finite number > 0"),
+    ("iso_cts", {"common_space_fraction": 1.2}, r"common_space_fraction must lie in \[0, 1\]"),
+    ("iso_cts", {"k": 3}, r"unknown hyperparameters \['k'\]; valid: common_space_fraction, alpha"),
+    ("knots", {"merge": "max"}, r"merge must be one of 'ties', 'mean', got 'max'"),
+    ("knots", {"density": 0}, r"density must lie in \(0, 1\]"),
+    ("dare", {"p": 1.0}, r"p must lie in \[0, 1\) \(valid range: 0 <= p < 1\)"),
+    ("dare", {"p": -0.1}, r"p must lie in \[0, 1\)"),
+    ("dare", {"seed": 1.5}, r"seed must be an integer >= 0"),
+    ("dare", {"seed": -1}, r"seed must be an integer >= 0 \(valid range: \[0, inf\)\)"),
+    ("dare", {"base": "tsvm"}, r"base must be one of 'sum', 'mean', 'ties', got 'tsvm'"),
+    ("breadcrumbs", {"gamma": 1.0}, r"gamma must lie in \[0, 1\)"),
+    ("breadcrumbs", {"density": 0.9, "gamma": 0.2}, r"density \+ gamma must be <= 1"),
+    ("regmean", {"offdiag_ratio": 1.5}, r"offdiag_ratio must lie in \[0, 1\]"),
 ]
 
 
