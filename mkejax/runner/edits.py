@@ -85,17 +85,19 @@ def targets(ctx) -> dict:
     return ctx.memo["targets"]
 
 
-def aux_settings(ctx, layer: int) -> dict:
+def aux_settings(ctx, layer: int, lang: str | None = None) -> dict:
     from mkejax.runner.statistics import statistics
 
     method = ctx.hparams.edit_method()
-    return {"kind": "method_statistics", "version": 1, "stats": statistics(ctx).fingerprints[layer], "layer": layer,
-            **method.prepare_key()}  # fmt: skip
+    return {"kind": "method_statistics", "version": 1, "stats": statistics(ctx, lang).fingerprints[layer],
+            "layer": layer, **method.prepare_key()}  # fmt: skip
 
 
-def method_aux(ctx) -> dict | None:
-    """The method's statistics per layer when preparing them costs something (cached), else None (the engine
-    takes C as it is)."""
+def method_aux(ctx, statistics_kind: str = "pooled") -> dict | None:
+    """The method's statistics per layer when preparing them costs something (cached as
+    ``projections/[<lang>/]layer<l>``; per language stacked [L, F, F]), else None (the engine takes C as it is)."""
+    import jax.numpy as jnp
+
     from mkejax.edit import method_statistics
     from mkejax.models.deltas import down_proj_path
     from mkejax.runner.statistics import statistics
@@ -103,58 +105,83 @@ def method_aux(ctx) -> dict | None:
     method = ctx.hparams.edit_method()
     if not method.kernel.prepare_hparams:
         return None
-    if "aux" not in ctx.memo:
-        stats, out = statistics(ctx), {}
-        for layer in ctx.hparams.layers:
-            name = down_proj_path(layer)
-            out[name], _ = ctx.store.get_or_compute(
-                f"projections/layer{layer}", aux_settings(ctx, layer),
-                lambda layer=layer, name=name: method_statistics(method, stats, (layer,))[name],
-            )  # fmt: skip
-        ctx.memo["aux"] = out
-    return ctx.memo["aux"]
+    key = ("aux", statistics_kind)
+    if key not in ctx.memo:
+        langs = [None] if statistics_kind == "pooled" else list(ctx.languages)
+        per = {}
+        for lang in langs:
+            stats, out = statistics(ctx, lang), {}
+            for layer in ctx.hparams.layers:
+                name = down_proj_path(layer)
+                where = f"projections/layer{layer}" if lang is None else f"projections/{lang}/layer{layer}"
+                out[name], _ = ctx.store.get_or_compute(
+                    where, aux_settings(ctx, layer, lang),
+                    lambda layer=layer, name=name, stats=stats: method_statistics(method, stats, (layer,))[name],
+                )  # fmt: skip
+            per[lang] = out
+        if statistics_kind == "pooled":
+            ctx.memo[key] = per[None]
+        else:  # {name: {key: [L, F, F]}} in the order of the languages
+            names = per[langs[0]]
+            ctx.memo[key] = {
+                n: {k: jnp.stack([per[lang][n][k] for lang in langs]) for k in names[n]} for n in names
+            }
+    return ctx.memo[key]
 
 
-def edit_settings(ctx, shared_cov: bool) -> dict:
-    from mkejax.runner.statistics import statistics
+def _stats_for(ctx, statistics_kind: str):
+    from mkejax.runner.statistics import language_statistics, statistics
 
-    stats = statistics(ctx)
-    return {
+    return statistics(ctx) if statistics_kind == "pooled" else language_statistics(ctx)
+
+
+def edit_settings(ctx, shared_cov: bool, statistics_kind: str = "pooled") -> dict:
+    stats = _stats_for(ctx, statistics_kind)
+    layers = ctx.hparams.layers
+    if statistics_kind == "pooled":
+        fps = {str(l): stats.fingerprints[l] for l in layers}
+    else:
+        fps = {lang: {str(l): s.fingerprints[l] for l in layers} for lang, s in stats.items()}
+    settings = {
         "kind": "edit_set",
         "version": 2,
         "model": ctx.model_digest,
         "tokenizer": ctx.tokenizer_digest,
         "hparams": canonical(ctx.hparams),
-        "stats": {str(l): stats.fingerprints[l] for l in ctx.hparams.layers},
+        "stats": fps,
         "targets": fingerprint(targets_settings(ctx)),
         "languages": list(ctx.languages),
         "requests": ctx.request_digests,
         "shared_cov": bool(shared_cov),
     }
+    if statistics_kind != "pooled":
+        settings["statistics"] = statistics_kind
+    return settings
 
 
-def edit_set(ctx, shared_cov: bool):
-    """The per-language :class:`~mkejax.edit.EditSet` with own or shared covariance (``edits/...``)."""
-    key = ("edits", bool(shared_cov))
+def edit_set(ctx, shared_cov: bool, statistics_kind: str = "pooled"):
+    """(:class:`~mkejax.edit.EditSet`, fingerprint) of the per-language edits with own or shared covariance and
+    pooled or per-language statistics (``edits/...``)."""
+    key = ("edits", bool(shared_cov), statistics_kind)
     if key in ctx.memo:
         return ctx.memo[key]
     from mkejax.edit import EditSet, RequestDiagnostics, edit_languages
-    from mkejax.runner.statistics import statistics
 
     made: dict = {}
 
     def compute():
         result = edit_languages(
-            ctx.model, ctx.tokenizer, ctx.requests, ctx.hparams, statistics(ctx), shared_cov=shared_cov,
-            mesh=ctx.mesh, templates=templates(ctx), targets=targets(ctx), aux=method_aux(ctx),
+            ctx.model, ctx.tokenizer, ctx.requests, ctx.hparams, _stats_for(ctx, statistics_kind),
+            shared_cov=shared_cov, mesh=ctx.mesh, templates=templates(ctx), targets=targets(ctx),
+            aux=method_aux(ctx, statistics_kind),
         )  # fmt: skip
         made["diagnostics"] = {
             lang: [canonical(d) for d in result.diagnostics[lang]] for lang in result.languages
         }
         return {"deltas": dict(result.deltas), "keys": dict(result.keys), "mask": result.mask}
 
-    settings = edit_settings(ctx, shared_cov)
-    name = edit_name(ctx.languages, shared_cov)
+    settings = edit_settings(ctx, shared_cov, statistics_kind)
+    name = edit_name(ctx.languages, shared_cov, statistics_kind)
     tree, cached = ctx.store.get_or_compute(
         name, settings, compute, metadata=lambda: {"languages": list(ctx.languages), **made}
     )
@@ -170,14 +197,15 @@ def edit_set(ctx, shared_cov: bool):
     return ctx.memo[key]
 
 
-def needed_edit_modes(ctx) -> tuple[bool, ...]:
-    """Covariance modes the merges and protocols need: False = own, True = shared."""
-    modes = {v.shared_cov for v in ctx.config.merge.variants}
+def needed_edit_modes(ctx) -> tuple[tuple[bool, str], ...]:
+    """(shared covariance, statistics) pairs the merges and protocols need; the cross-lingual matrix uses the
+    own-covariance edits with pooled statistics."""
+    modes = {(v.shared_cov, v.statistics) for v in ctx.config.merge.variants}
     if "cross_lingual" in ctx.config.evaluation.protocols:
-        modes.add(False)
+        modes.add((False, "pooled"))
     return tuple(sorted(modes))
 
 
 def edits(ctx) -> None:
-    for mode in ctx.bar(needed_edit_modes(ctx), "edits"):
-        edit_set(ctx, mode)
+    for shared, kind in ctx.bar(needed_edit_modes(ctx), "edits"):
+        edit_set(ctx, shared, kind)

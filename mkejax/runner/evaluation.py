@@ -146,7 +146,7 @@ def evaluation(ctx):
 
             def one(job=job):
                 delta, fp = merged(ctx, job)
-                return scored(f"scores/{job.name}", fp, lambda: delta, merge=job.variant.method,
+                return scored(f"scores/{job.name}", fp, lambda: delta, merge=job.label,
                               shared_cov=job.variant.shared_cov, alpha=job.alpha,
                               rank_ratio=job.effective_rank_ratio(len(ctx.languages)))  # fmt: skip
 
@@ -182,10 +182,9 @@ def save_results(ctx, results, pairs=None) -> None:
     if pairs is not None:
         save_pairs(pairs, ctx.run_dir / RESULTS / "pairs")
     rows = [
-        {"shared_cov": mode, **dataclasses.asdict(d)}
-        for mode in (False, True)
-        if ("edits", mode) in ctx.memo
-        for edits in [ctx.memo[("edits", mode)][0]]
+        {"shared_cov": key[1], "statistics": key[2], **dataclasses.asdict(d)}
+        for key in sorted(k for k in ctx.memo if isinstance(k, tuple) and k[0] == "edits")
+        for edits in [ctx.memo[key][0]]
         for lang in edits.languages
         for d in edits.diagnostics.get(lang, ())
     ]

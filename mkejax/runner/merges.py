@@ -13,6 +13,7 @@ import dataclasses
 import numpy as np
 
 from mkejax.checkpoint import fingerprint
+from mkejax.models.deltas import down_proj_layer
 from mkejax.runner.edits import edit_set
 from mkejax.runner.rundir import MergeJob, merge_jobs, params_name
 
@@ -20,11 +21,41 @@ from mkejax.runner.rundir import MergeJob, merge_jobs, params_name
 KEEP_MERGED_BYTES = 2 << 30
 
 
+def _edits(ctx, job: MergeJob):
+    return edit_set(ctx, job.variant.shared_cov, job.variant.statistics)
+
+
+def normals(ctx, job: MergeJob) -> dict:
+    """RegMean's side input: every language's normal matrix A_l per edited layer, the matrix its solve inverted
+    (:func:`mkejax.merge.memit_normals` / :func:`mkejax.merge.alphaedit_normals`), from the edit stage's keys."""
+    from mkejax.merge import alphaedit_normals, memit_normals
+    from mkejax.runner.edits import method_aux
+    from mkejax.runner.statistics import statistics
+
+    hp = ctx.hparams
+    if job.variant.statistics != "pooled":
+        raise ValueError(f"merge.variants ({job.variant.name}): RegMean's normals need pooled statistics")
+    if hp.method not in ("memit", "alphaedit"):
+        raise ValueError(f"merge.variants ({job.variant.name}): RegMean's normals of {hp.method} edits are not "
+                         "defined; use memit or alphaedit")  # fmt: skip
+    edits, _ = _edits(ctx, job)
+    out, aux = {}, method_aux(ctx)
+    for name, keys in edits.keys.items():
+        layer = down_proj_layer(name)
+        if hp.method == "memit":
+            out[name] = memit_normals(keys, statistics(ctx)[layer], hp.solver["mom2_update_weight"],
+                                      shared=edits.shared_cov, mask=edits.mask)  # fmt: skip
+        else:
+            out[name] = alphaedit_normals(keys, aux[name]["P"], hp.solver["l2"], shared=edits.shared_cov,
+                                          mask=edits.mask)  # fmt: skip
+    return out
+
+
 def merge_settings(ctx, job: MergeJob) -> dict:
     settings = {
         "kind": "merged",
         "version": 2,
-        "edits": edit_set(ctx, job.variant.shared_cov)[1],
+        "edits": _edits(ctx, job)[1],
         "method": job.variant.method,
         "hparams": job.hparams(ctx.config),
     }
@@ -38,14 +69,15 @@ def merged(ctx, job: MergeJob) -> tuple[dict, str]:
     key = ("merged", job.name)
     if key in ctx.memo:
         return ctx.memo[key]
-    from mkejax.merge import merge
+    from mkejax.merge import merge, side_inputs
 
-    edits, _ = edit_set(ctx, job.variant.shared_cov)
+    edits, _ = _edits(ctx, job)
     settings = merge_settings(ctx, job)
     if job.alpha == 1.0:
 
         def compute():
-            return {"deltas": merge(edits.deltas, job.variant.method, **settings["hparams"])}
+            side = {"normals": normals(ctx, job)} if "normals" in side_inputs(job.variant.method) else {}
+            return {"deltas": merge(edits.deltas, job.variant.method, **settings["hparams"], **side)}
 
     else:
         unit = dataclasses.replace(job, alpha=1.0)
@@ -84,7 +116,7 @@ def params(ctx) -> None:
         delta, fp = merged(ctx, job)
         settings = {"kind": "params", "version": 2, "model": ctx.model_digest, "merged": fp}
         ctx.store.get_or_compute(
-            params_name(job.variant, job.alpha, job.rank_ratio), settings,
+            params_name(job.variant, job.alpha, job.rank_ratio, job.extra), settings,
             lambda delta=delta: _str_keys(nnx.to_pure_dict(apply(state, delta))),
             metadata={"model_source": ctx.config.model.source, "dtype": ctx.config.model.dtype},
         )  # fmt: skip

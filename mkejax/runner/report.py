@@ -77,6 +77,41 @@ def _sweeps(df: pd.DataFrame, run_dir: pathlib.Path, groups=None) -> list[str]:
     return out
 
 
+def _interference(run_dir: pathlib.Path, groups=None) -> list[str]:
+    """Heatmaps of the per-layer interference diagnostics and their correlation with the cross-lingual matrix."""
+    from mkejax.data.languages import order_by_group
+    from mkejax.merge.interference_plots import heatmaps
+    from mkejax.results import save_figure
+    from mkejax.runner.interference import FILE, as_array
+
+    path = run_dir / RESULTS / FILE
+    if not path.is_file():
+        return []
+    found = json.loads(path.read_text(encoding="utf-8"))
+    out = ["## Interference between the languages' edits", "", (
+        "Per edited layer: cosine similarity of the languages' deltas ΔW_l, overlap of their top-k left/right "
+        "singular subspaces (mean cos² of the principal angles; k = edits per language), overlap of their key Gram "
+        "matrices K_l K_lᵀ, and the norm ratio ‖Σ ΔW_l‖ / Σ ‖ΔW_l‖; with the cross-lingual matrix, the Pearson r of "
+        "each [L, L] diagnostic with the off-diagonal reliability (edit in language i, scored in j)."
+    ), ""]  # fmt: skip
+    for name, entry in found.items():
+        langs = entry["languages"]
+        order = order_by_group(langs, groups) if groups else None
+        rows = []
+        for layer, diags in entry["layers"].items():
+            diags = {d: as_array(v) for d, v in diags.items()}
+            fig = heatmaps(diags, langs, order=order, title=f"{name}: {layer}")
+            png = save_figure(fig, run_dir / PLOTS / f"interference_{name}_{layer.split('.')[2]}.png")
+            out.append(f"![interference {name} {layer}]({PLOTS}/{png.name})")
+            corr = entry.get("correlations", {}).get(layer, {})
+            rows.append([layer, f"{float(diags['norm_ratio']):.3f}",
+                         *(f"{corr[d]['pearson']:.2f}" if d in corr else "–"
+                           for d in ("cosine", "left_overlap", "right_overlap", "key_overlap"))])  # fmt: skip
+        header = ["layer", "norm ratio", "r(cosine)", "r(left)", "r(right)", "r(keys)"]
+        out += ["", f"{name} covariance edits:", "", _md_table(header, rows), ""]
+    return out
+
+
 def _diagnostics(run_dir: pathlib.Path) -> list[str]:
     path = run_dir / RESULTS / "edit_diagnostics.csv"
     if not path.is_file():
@@ -209,6 +244,7 @@ def write_run_report(
         ]
     lines += _sweeps(results, run_dir, groups)
     lines += _cross_lingual(results, langs, run_dir, groups)
+    lines += _interference(run_dir, groups)
     lines += _diagnostics(run_dir)
     lines += _timings(run_dir, summary)
     path = run_dir / REPORT

