@@ -64,6 +64,8 @@ def test_first_run_computes_every_stage_and_protocol(base):
         "edits/shared_en-de-fr",
         "pre_edit",
         "scores/pre_edit",
+        "interference/own",
+        "interference/shared",
     }
     expected |= {j.name for j in jobs} | {f"scores/{j.name}" for j in jobs}
     expected |= {f"scores/cross_lingual/{lang}" for lang in LANGS}
@@ -106,6 +108,12 @@ def test_report_links_its_files(base):
     for link in links:
         assert (run_dir / link).is_file(), link
     assert "ELFI" in text and "| en |" in text  # cross-lingual summary and the edit diagnostics table
+    # interference of the languages' edits per layer, correlated with the cross-lingual matrix
+    assert "Interference between the languages' edits" in text and "plots/interference_own_1.png" in links
+    found = json.loads((run_dir / RESULTS / "interference.json").read_text())
+    layer = found["own"]["layers"]["model.layers.1.mlp.down_proj.weight"]
+    assert np.asarray(layer["cosine"], float).shape == (3, 3) and 0 < layer["norm_ratio"] <= 1
+    assert set(found["own"]["correlations"]["model.layers.1.mlp.down_proj.weight"]) >= {"cosine", "key_overlap"}
     table_rows = [line for line in summary.table.splitlines() if line.startswith("| memit")]
     assert len(table_rows) == len(merge_jobs(cfg))
     assert json.loads((run_dir / RESULTS / "run_summary.json").read_text())["stages"][0]["name"] == "load"
@@ -320,7 +328,7 @@ def test_generation_scores_and_texts_are_kept(base, setup):
     metrics = set(first.results["metric"])
     assert {"reliability_gen_em", "reliability_gen_contains", "generality_gen_em"} <= metrics
     written = (cfg.run_dir / RESULTS / "pairs.csv").read_bytes()
-    pairs = pd.read_csv(cfg.run_dir / RESULTS / "pairs.csv")
+    pairs = pd.DataFrame(json.loads((cfg.run_dir / RESULTS / "pairs.json").read_text()))  # exact texts
     assert len(pairs) and pairs["text"].notna().any() and set(pairs["metric"]) <= metrics
     again = run(cfg, until="evaluation", progress=False)
     assert again.recomputed == []

@@ -111,8 +111,10 @@ def scores(ctx, name: str, delta_fp, delta_fn: Callable):
 
     def facts():  # the metric names of the columns and, with generation, every pair's text and scores
         pairs = made["pairs"]
-        gen = pairs[pairs["text"].notna()] if "text" in pairs else pairs.iloc[:0]
-        records = gen[["lang", "id", "metric", "value", "text"]].to_dict(orient="records")
+        records = []
+        if "text" in pairs:
+            gen = pairs[pairs["text"].notna()][["lang", "id", "metric", "value", "text"]]
+            records = gen.astype(object).where(gen.notna(), None).to_dict(orient="records")  # NaN (unmeasured) -> null
         return {"metrics": made["metrics"], "generations": records}
 
     tree, cached = ctx.store.get_or_compute(name, scores_settings(ctx, delta_fp), compute, metadata=facts)
@@ -120,7 +122,10 @@ def scores(ctx, name: str, delta_fp, delta_fn: Callable):
     metrics, value, count = meta["metrics"], np.asarray(tree["value"]), np.asarray(tree["n"])
     rows = [(lang, metric, float(value[i, j]), int(count[i, j])) for i, lang in enumerate(langs)
             for j, metric in enumerate(metrics) if count[i, j] > 0]  # fmt: skip
-    pairs = pd.DataFrame(meta["generations"]) if ctx.config.evaluation.generation else None
+    pairs = None
+    if ctx.config.evaluation.generation:
+        pairs = pd.DataFrame(meta["generations"], columns=["lang", "id", "metric", "value", "text"])
+        pairs["value"] = pairs["value"].astype(float)
     return pd.DataFrame(rows, columns=["test_lang", "metric", "value", "n"]), pairs
 
 

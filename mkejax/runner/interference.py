@@ -41,8 +41,8 @@ def cross_lingual_scores(results, languages, metric: str = "reliability"):
 def interference(ctx, results) -> dict:
     """{edit set name: {"layers": {layer name: diagnostics}, "correlations": {layer name: {diag: r}}}}; written
     to ``results/interference.json`` (process 0)."""
-    from mkejax.merge import correlations
-    from mkejax.merge import interference as diagnose
+    from mkejax.merge.interference import correlations
+    from mkejax.merge.interference import interference as diagnose
 
     scores = cross_lingual_scores(results, ctx.languages)
     out = {}
