@@ -10,6 +10,7 @@ Subcommands (each with ``--help``)::
     mkejax report RUN_DIR                        rebuild report.md, table and plots from a run's results
     mkejax demo                                  the offline demo (configs/demo.yaml), table printed
     mkejax export RUN_DIR VARIANT OUT_DIR        a merged model as an HF safetensors checkpoint
+    mkejax languages RUN_DIR --remove/--add LANG --out DIR   the run with languages removed or added, reusing it
     mkejax merge-models BASE FT ... --out DIR    merge fine-tuned checkpoints' task vectors (--method, --set)
     mkejax config CONFIG [--hparams]             validate a config, print it resolved with its hash
     mkejax generate [PROMPT ...] [--model SOURCE]   load a model and print a greedy completion
@@ -189,6 +190,22 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_languages(args) -> int:
+    """Runs a run's experiment again with languages removed (rollback) or added, in a new run directory, reusing
+    the source run's statistics and every kept language's target values: removing a language re-solves only the
+    edits (with a shared covariance, the other languages with the smaller Gram), merges and scores."""
+    from mkejax.distributed import is_main_process
+    from mkejax.runner import change_languages
+
+    summary = change_languages(args.run_dir, args.out, remove=args.remove, add=args.add, progress=not args.quiet,
+                               wait=args.wait)  # fmt: skip
+    if is_main_process():
+        if summary.table is not None:
+            print(summary.table, end="")
+        print(f"\nrun directory: {summary.run_dir}")
+    return 0
+
+
 def cmd_export(args) -> int:
     """Writes a merged model of a run as a Hugging Face checkpoint (config.json, model.safetensors, tokenizer)
     that transformers' AutoModelForCausalLM loads."""
@@ -285,6 +302,16 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, config=False)
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds run.json)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("languages", help="rerun a run with languages removed (rollback) or added, reusing it",
+                       description=cmd_languages.__doc__)  # fmt: skip
+    _common(p, config=False)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the source run directory (holds run.json)")
+    p.add_argument("--remove", nargs="+", default=[], metavar="LANG", help="languages to take out")
+    p.add_argument("--add", nargs="+", default=[], metavar="LANG", help="languages to put in")
+    p.add_argument("--out", required=True, metavar="DIR", help="the new run directory (new or empty)")
+    p.add_argument("--wait", type=float, default=None, metavar="SECONDS", help="wait for a run holding DIR")
+    p.set_defaults(func=cmd_languages)
 
     p = sub.add_parser("export", help="write a merged model as an HF safetensors checkpoint",
                        description=cmd_export.__doc__)  # fmt: skip

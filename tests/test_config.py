@@ -25,7 +25,8 @@ from mkejax.config import (
 from mkejax.data.request import MZSRE_LANGUAGES
 from mkejax.runner import RunDirError, merged_name, prepare_run_dir, read_run_info
 
-EXPECTED = {"demo", "llama3.1-8b_memit", "llama3.1-8b_alphaedit", "qwen2.5-7b_memit", "qwen2.5-7b_alphaedit"}
+EXPECTED = {"demo", "llama3.1-8b_memit", "llama3.1-8b_alphaedit", "qwen2.5-7b_memit", "qwen2.5-7b_alphaedit",
+            "mzsre-gemma3-270m_memit", "mzsre-gemma3-270m_alphaedit"}
 SIX = {f"{m}_{s}" for m in ("sum", "mean", "tsvm") for s in ("own", "shared")}
 
 MINIMAL = {
@@ -50,7 +51,7 @@ def test_all_setups_are_shipped():
     assert {p.stem for p in shipped_configs()} == EXPECTED
 
 
-@pytest.mark.parametrize("stem", sorted(EXPECTED - {"demo"}))
+@pytest.mark.parametrize("stem", sorted(e for e in EXPECTED if e.startswith(("llama", "qwen"))))
 def test_paper_setups(stem):
     cfg = load_config(stem)  # a bare name is looked up in configs/
     assert cfg.data.limit == 700 and len(cfg.data.languages) == 12
@@ -64,6 +65,18 @@ def test_paper_setups(stem):
             stem.split("-")[0]
         ]
     )
+
+
+@pytest.mark.parametrize("method", ["memit", "alphaedit"])
+def test_small_reproduction_setups(method):
+    """The CPU-sized reproduction: Gemma-3-270M, all 12 MzsRE languages, >= 24 records, six variants, the α and
+    rank grids of the issue, the 12 x 12 matrix."""
+    cfg = load_config(f"mzsre-gemma3-270m_{method}")
+    assert "gemma3-270m" in cfg.model.source and cfg.edit.method == method and cfg.edit.preset == "gemma3-270m"
+    assert len(cfg.data.languages) == 12 and cfg.data.limit >= 24
+    assert {v.name for v in cfg.merge.variants} == SIX
+    assert cfg.merge.alphas == (1.0, 1.25, 1.5) and cfg.merge.rank_ratios == (None, 0.02, 0.1)
+    assert set(cfg.evaluation.protocols) == {"pre_edit", "merged", "cross_lingual"}
 
 
 def test_demo_setup():

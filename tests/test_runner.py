@@ -59,7 +59,9 @@ def test_first_run_computes_every_stage_and_protocol(base):
     expected = {
         "stats/layer1",
         "stats/layer2",
-        "targets/en-de-fr",
+        "targets/en",
+        "targets/de",
+        "targets/fr",
         "edits/own_en-de-fr",
         "edits/shared_en-de-fr",
         "pre_edit",
@@ -156,7 +158,7 @@ def test_rerun_reuses_every_artefact_and_gives_identical_results(base):
     again = run(cfg, progress=False)
     # the target values are read only when an edit set has to be recomputed, the pre-edit predictions only when
     # a score has to be
-    lazy = {"targets/en-de-fr", "pre_edit"}
+    lazy = {"targets/en", "targets/de", "targets/fr", "pre_edit"}
     assert again.recomputed == [] and set(again.cached) == _names(first.recomputed) - lazy
     assert (cfg.run_dir / RESULTS / "results.csv").read_text() == csv
 
@@ -223,7 +225,9 @@ def test_request_change_recomputes_edits_but_not_statistics(base, setup):
     summary = run(cfg, until="edits", progress=False)
     assert set(summary.cached) == {"stats/layer1", "stats/layer2"}
     assert dict(summary.recomputed) == {
-        "targets/en-de-fr": "settings changed",
+        "targets/en": "settings changed",
+        "targets/de": "settings changed",
+        "targets/fr": "settings changed",
         "edits/own_en-de-fr": "settings changed",
         "edits/shared_en-de-fr": "settings changed",
     }
@@ -236,7 +240,7 @@ def test_lambda_change_reuses_targets_and_statistics(base, setup):
     cfg = setup.config("lambda", "edit.overrides.mom2_update_weight=40.0")
     copy_run(cfg0.run_dir, cfg.run_dir)
     summary = run(cfg, until="edits", progress=False)
-    assert set(summary.cached) == {"stats/layer1", "stats/layer2", "targets/en-de-fr"}
+    assert set(summary.cached) == {"stats/layer1", "stats/layer2", "targets/en", "targets/de", "targets/fr"}
     assert dict(summary.recomputed) == {
         "edits/own_en-de-fr": "settings changed", "edits/shared_en-de-fr": "settings changed"
     }  # fmt: skip
@@ -301,7 +305,7 @@ def test_alphaedit_reuses_statistics_and_targets_and_caches_projections(base, se
     cfg = setup.config("alphaedit", edit=edit)
     copy_run(cfg0.run_dir, cfg.run_dir)
     summary = run(cfg, until="edits", progress=False)
-    assert {"stats/layer1", "stats/layer2", "targets/en-de-fr"} <= set(summary.cached)
+    assert {"stats/layer1", "stats/layer2", "targets/en", "targets/de", "targets/fr"} <= set(summary.cached)
     projections = {"projections/layer1", "projections/layer2"}
     assert _names(summary.recomputed) == {"edits/own_en-de-fr", "edits/shared_en-de-fr"} | projections
     assert sorted(p.name for p in (cfg.run_dir / "artefacts" / "projections").iterdir()) == [
@@ -334,3 +338,28 @@ def test_generation_scores_and_texts_are_kept(base, setup):
     assert again.recomputed == []
     assert (cfg.run_dir / RESULTS / "pairs.csv").read_bytes() == written
     assert "language groups: script" in (cfg.run_dir / "report.md").read_text()
+
+
+def test_language_rollback_equals_a_run_from_scratch(base, setup):
+    """`mkejax languages RUN_DIR --remove fr`: no target values optimised again (statistics and the kept
+    languages' targets reused), and the same edits and scores as a run of the two languages from scratch."""
+    from mkejax.cli import main
+
+    cfg0, _, _, _ = base
+    out = setup.root / "rollback"
+    assert main(["languages", str(cfg0.run_dir), "--remove", "fr", "--out", str(out), "-q"]) == 0
+    summary = json.loads((out / RESULTS / "run_summary.json").read_text())
+    recomputed = {n for s in summary["stages"] for n, _ in s["recomputed"]}
+    cached = {n for s in summary["stages"] for n in s["cached"]}
+    assert {"stats/layer1", "stats/layer2", "targets/en", "targets/de"} <= cached
+    assert not {n for n in recomputed if n.startswith(("targets/", "stats/"))}
+    scratch = setup.config("scratch-en-de", "data.languages=en,de")
+    run(scratch, progress=False)
+    for name in ("edits/own_en-de", "edits/shared_en-de"):
+        a, b = load_artefact(out / "artefacts" / name)[0], load_artefact(scratch.run_dir / "artefacts" / name)[0]
+        for key, d in b["deltas"].items():
+            assert float(jnp.linalg.norm(a["deltas"][key] - d) / jnp.linalg.norm(d)) <= 1e-5, (name, key)
+    x = pd.read_csv(out / RESULTS / "results.csv").drop(columns="model")
+    y = pd.read_csv(scratch.run_dir / RESULTS / "results.csv").drop(columns="model")
+    pd.testing.assert_frame_equal(x, y)
+    assert main(["languages", str(cfg0.run_dir), "--remove", "xx", "--out", str(setup.root / "no")]) == 2

@@ -27,6 +27,7 @@ from mkejax.edit.memit import solve_memit
 from mkejax.edit.registry import EditMethod, Kernel, available, get, hparam_names, register
 from mkejax.edit.requests import EditBatch, RequestError, target_tokens, tokenize_requests
 from mkejax.edit.result import EditSet, RequestDiagnostics
+from mkejax.edit.rollback import add_language, remove_language
 from mkejax.edit.rome import rome_edit
 from mkejax.edit.solvers import nullspace_projection, solve_rome
 from mkejax.edit.stats import (
@@ -57,6 +58,7 @@ __all__ = [
     "TargetHparams",
     "Targets",
     "TemplateSpec",
+    "add_language",
     "all_layer_keys",
     "available",
     "compute_keys",
@@ -77,6 +79,7 @@ __all__ = [
     "method_statistics",
     "nullspace_projection",
     "register",
+    "remove_language",
     "rome_edit",
     "solve_alphaedit",
     "solve_emmet",

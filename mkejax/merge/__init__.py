@@ -31,6 +31,7 @@ from mkejax.merge.registry import (
     validate,
 )
 from mkejax.merge.regmean import alphaedit_normals, memit_normals
+from mkejax.merge.rollback import without_language
 
 __all__ = [
     "MergeFn",
@@ -46,4 +47,5 @@ __all__ = [
     "register",
     "side_inputs",
     "validate",
+    "without_language",
 ]

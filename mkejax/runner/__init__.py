@@ -11,7 +11,7 @@ Run directory (an experiment's ``output_dir``; ``runs/{name}`` by default)::
       artefacts/                        artefacts (mkejax.checkpoint), each reused only on a fingerprint match
         stats/layer<L>/                 key second moment C_l [F, F] and its token count, per edited layer
         templates/<lang>/               generated context templates of a language (JSON)
-        targets/<langs>/                every language's target values (shared by both covariance modes)
+        targets/<lang>/                 a language's target values (shared by both covariance modes)
         projections/layer<L>/           the method's prepared statistics (AlphaEdit's null-space projector)
         edits/<own|shared>_<langs>/     the per-language edit vectors {down_proj name: ΔW [L, D, F]}, the keys
                                         of each solve and the request mask; per-request diagnostics in metadata
@@ -41,6 +41,7 @@ directory that is not a run directory is never written into. In a multi-process 
 """
 
 from mkejax.runner.context import RunContext, RunSummary, StageSummary, model_label
+from mkejax.runner.languages import change_languages
 from mkejax.runner.lock import RunLock, RunLockedError
 from mkejax.runner.report import write_run_report
 from mkejax.runner.rundir import (
@@ -82,6 +83,7 @@ __all__ = [
     "RunLockedError",
     "RunSummary",
     "StageSummary",
+    "change_languages",
     "edit_name",
     "job_from_tag",
     "merge_jobs",

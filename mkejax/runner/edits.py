@@ -2,8 +2,8 @@
 sets with own and shared covariance, each an artefact with one settings function.
 
 - ``templates/<lang>`` (JSON): generated context templates of a language (:func:`template_settings`).
-- ``targets/<langs>``: every language's target values, optimised once for both covariance modes and every method
-  and λ (:func:`targets_settings`).
+- ``targets/<lang>``: a language's target values, optimised once for both covariance modes and every method and
+  λ, and for every run that edits that language with the same requests and target settings (:func:`targets_settings`).
 - ``projections/layer<l>``: the method's prepared statistics when they cost something (AlphaEdit's null-space
   projectors; :func:`aux_settings`), shared by runs with the same statistics and τ.
 - ``edits/<own|shared>_<langs>``: {down_proj name: ΔW [L, D, F]} and the keys [L, F, n] each solve used, the
@@ -46,43 +46,61 @@ def templates(ctx) -> dict:
     return out
 
 
-def targets_settings(ctx) -> dict:
+def targets_settings(ctx, lang: str) -> dict:
+    """What one language's target values depend on (they are cached per language, so that a run with a language
+    added or removed optimises only the new ones)."""
     hp = ctx.hparams
     return {
         "kind": "targets",
-        "version": 2,  # 2: the reference's KL direction, decay norm and total-loss stop
+        "version": 3,  # 2: the reference's KL direction, decay norm and total-loss stop; 3: one per language
         "model": ctx.model_digest,
         "tokenizer": ctx.tokenizer_digest,
         "target_hparams": canonical(hp.target_hparams()),
         "edit_layer": hp.edit_layer,
-        "templates": {lang: canonical(t.groups) for lang, t in templates(ctx).items()},
+        "templates": canonical(templates(ctx)[lang].groups),
         "kl_prompt": hp.kl_prompt,  # the KL row of every request's batch
-        "languages": list(ctx.languages),
-        "requests": ctx.request_digests,
+        "language": lang,
+        "requests": ctx.request_digests[lang],
     }
 
 
 def targets(ctx) -> dict:
-    """{language: Targets} of every language's requests (:func:`mkejax.edit.language_targets`)."""
+    """{language: Targets} of every language with requests to edit (``targets/<lang>``): the languages without a
+    valid artefact are optimised together in one :func:`mkejax.edit.language_targets` call."""
     if "targets" in ctx.memo:
         return ctx.memo["targets"]
     from mkejax.edit import Targets, language_targets
 
-    def compute():
-        found = language_targets(ctx.model, ctx.tokenizer, ctx.requests, ctx.hparams, mesh=ctx.mesh,
-                                 templates=templates(ctx), progress=ctx.progress)  # fmt: skip
-        if not found:
-            raise ValueError(
-                "nothing to edit: every request of every language was skipped by the subject policy "
-                f"(data.subject: {ctx.config.data.subject}); see the coverage table with -v"
-            )
-        return {lang: dataclasses.asdict(t) for lang, t in found.items()}
+    live = [lang for lang in ctx.languages if any(r.subject_rule != "skip" for r in ctx.requests[lang])]
+    if not live:
+        raise ValueError(
+            "nothing to edit: every request of every language was skipped by the subject policy "
+            f"(data.subject: {ctx.config.data.subject}); see the coverage table with -v"
+        )
+    settings = {lang: targets_settings(ctx, lang) for lang in live}
+    present = {lang for lang in live
+               if (ctx.store.metadata(targets_name(lang)) or {}).get("fingerprint") == fingerprint(settings[lang])}  # fmt: skip
+    computed: dict = {}
 
-    tree, _ = ctx.store.get_or_compute(targets_name(ctx.languages), targets_settings(ctx), compute)
-    ctx.memo["targets"] = {
-        lang: Targets(**{k: np.asarray(v) for k, v in t.items()}) for lang, t in tree.items()
-    }
-    return ctx.memo["targets"]
+    def compute(lang):
+        if (
+            lang not in computed
+        ):  # every language still missing, in one call (one compilation per shape group)
+            todo = [l for l in live if l not in present and l not in computed]
+            todo = todo if lang in todo else [*todo, lang]  # a present one that turned out corrupt
+            computed.update(language_targets(ctx.model, ctx.tokenizer, {l: ctx.requests[l] for l in todo},
+                                             ctx.hparams, mesh=ctx.mesh, templates=templates(ctx),
+                                             progress=ctx.progress))  # fmt: skip
+        return dataclasses.asdict(computed[lang])
+
+    out = {}
+    for lang in live:
+        tree, _ = ctx.store.get_or_compute(
+            targets_name(lang), settings[lang], lambda lang=lang: compute(lang)
+        )
+        out[lang] = Targets(**{k: np.asarray(v) for k, v in tree.items()})
+    ctx.memo["targets"] = out
+    return out
 
 
 def aux_settings(ctx, layer: int, lang: str | None = None) -> dict:
@@ -149,7 +167,7 @@ def edit_settings(ctx, shared_cov: bool, statistics_kind: str = "pooled") -> dic
         "tokenizer": ctx.tokenizer_digest,
         "hparams": canonical(ctx.hparams),
         "stats": fps,
-        "targets": fingerprint(targets_settings(ctx)),
+        "targets": {lang: fingerprint(targets_settings(ctx, lang)) for lang in targets(ctx)},
         "languages": list(ctx.languages),
         "requests": ctx.request_digests,
         "shared_cov": bool(shared_cov),

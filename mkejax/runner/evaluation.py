@@ -114,7 +114,9 @@ def scores(ctx, name: str, delta_fp, delta_fn: Callable):
         records = []
         if "text" in pairs:
             gen = pairs[pairs["text"].notna()][["lang", "id", "metric", "value", "text"]]
-            records = gen.astype(object).where(gen.notna(), None).to_dict(orient="records")  # NaN (unmeasured) -> null
+            records = (
+                gen.astype(object).where(gen.notna(), None).to_dict(orient="records")
+            )  # NaN (unmeasured) -> null
         return {"metrics": made["metrics"], "generations": records}
 
     tree, cached = ctx.store.get_or_compute(name, scores_settings(ctx, delta_fp), compute, metadata=facts)

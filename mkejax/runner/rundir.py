@@ -51,9 +51,9 @@ def edit_name(languages, shared_cov: bool, statistics: str = "pooled") -> str:
     return f"edits/{'shared' if shared_cov else 'own'}{stats}_{'-'.join(languages)}"
 
 
-def targets_name(languages) -> str:
-    """Artefact name of the target values of ``languages``' requests: ``targets/en-de``."""
-    return f"targets/{'-'.join(languages)}"
+def targets_name(lang: str) -> str:
+    """Artefact name of the target values of one language's requests: ``targets/de``."""
+    return f"targets/{lang}"
 
 
 def _part(value) -> str:
