@@ -39,8 +39,9 @@ def iso_c_leaf(d, alpha: float):
     """Iso-C of one leaf ``d [L, m, n]`` -> ``[m, n]``."""
     use64 = use_float64()
     with wide_scope(use64):
-        x, ok = guard(d)
-        total = lang_sum(x.astype(compute_dtype(use64)))  # [m, n]
+        # The sum in the input precision (a contraction: a float64 cast of all L deltas would double the memory);
+        # a NaN/Inf in any delta makes the sum non-finite, so guarding the sum guards the SVD.
+        total, ok = guard(lang_sum(d).astype(compute_dtype(use64)))  # [m, n]
         U, s, Vh = svd(total)  # [m, r], [r], [r, n]
         live = s > rank_tol(s[0], total.shape, d.dtype)
         return poison(alpha * isotropic(U, s, Vh, live), ok).astype(d.dtype)

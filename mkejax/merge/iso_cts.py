@@ -64,7 +64,7 @@ def iso_cts_leaf(d, fraction: float, alpha: float):
     ct = compute_dtype(use64)
     with wide_scope(use64):
         x, ok = guard(d)
-        total = lang_sum(x.astype(ct))  # [m, n]
+        total = lang_sum(x).astype(ct)  # [m, n], summed in the input precision as in iso_c
         U, s, Vh = svd(total)
         live = s[:k_c] > rank_tol(s[0], (m, n), d.dtype)  # [k_c]
         U_c, s_c, V_c = U[:, :k_c] * live[None, :], jnp.where(live, s[:k_c], 0), Vh[:k_c] * live[:, None]
