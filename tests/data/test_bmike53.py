@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from mkejax.checkpoint import file_digest
 from mkejax.data import BMIKE53_LANGUAGES, DataError, load_bmike53, load_requests
 from mkejax.data.bmike53 import (
     DATASETS,
@@ -17,7 +18,7 @@ from mkejax.data.bmike53 import (
     read_bmike53,
     resolve_bmike53,
 )
-from mkejax.data.cache import OFFLINE_ENV, download, git_blob_sha1
+from mkejax.data.cache import OFFLINE_ENV, download
 from mkejax.data.loading import parse_source
 
 # Records lacking the translation (counted with plain json: records without the language key).
@@ -109,7 +110,7 @@ def test_pinned_blob_ids_match_shared_files(bmike):
     for ds in DATASETS:
         assert set(GIT_BLOB_SHA1[ds]) == set(NON_ENGLISH)
         for lang in NON_ENGLISH:
-            assert git_blob_sha1((bmike / ds / file_name(ds, lang)).read_bytes()) == GIT_BLOB_SHA1[ds][lang]
+            assert file_digest(bmike / ds / file_name(ds, lang), "git-sha1") == GIT_BLOB_SHA1[ds][lang]
 
 
 def test_download_verifies_blob(bmike, tmp_path, monkeypatch):

@@ -137,9 +137,7 @@ def test_download_verifies_git_blob_and_is_atomic(shared_data, tmp_path, monkeyp
 
 
 def test_pinned_blob_ids_match_shared_files(shared_data):
-    from mkejax.data.cache import git_blob_sha1
+    from mkejax.checkpoint import file_digest
 
     for code in FILE_CODES:
-        assert (
-            git_blob_sha1((shared_data / "mzsre" / MZSRE_FILES[code]).read_bytes()) == GIT_BLOB_SHA1[code]
-        ), code
+        assert file_digest(shared_data / "mzsre" / MZSRE_FILES[code], "git-sha1") == GIT_BLOB_SHA1[code], code

