@@ -2,7 +2,8 @@
 
 Keys k_i [F] are the inputs of ``layers[layer].mlp.down_proj`` at the subject's last token, averaged over the
 prompts of each template group and then over groups (MEMIT ``compute_ks``); outputs h_i [D] are layer
-``out_layer``'s outputs at the bare prompt's edit position (MEMIT's ``cur_zs``). One forward serves both.
+``out_layer``'s edit-site values (:mod:`mkejax.models.common`; for Llama/Qwen2 the layer output, MEMIT's
+``cur_zs``) at the bare prompt's edit position. One forward serves both.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Target values z (MEMIT ``compute_z``, Meng et al. 2023, arXiv 2210.07229, eq. 16) for a batch of requests.
 
-Per request a vector δ [D] is added to the output of layer L (the last edited layer) at the subject's last
-token of every row of that request and optimised with Adam on
+Per request a vector δ [D] is added at the edit site of layer L (the last edited layer; the site is where the
+down-projection's output joins the residual stream, :mod:`mkejax.models.common`: the layer output for Llama/Qwen2
+as in the reference, the MLP output before the post-feedforward norm for Gemma 3) at the subject's last token of
+every row of that request and optimised with Adam on
 
     loss = mean_p NLL_p(target | rewrite prompt p) / |target|  +  kl_factor · KL(p_edited ‖ p_unedited)
            + v_weight_decay · ‖δ‖ / ‖h_L‖²,
@@ -9,7 +11,7 @@ token of every row of that request and optimised with Adam on
 the KL term on the next-token distribution of "{subject} is a" at its subject-last token (the reference calls
 torch's ``kl_div(log p_unedited, log p_edited, log_target=True)``, which is Σ p_edited (log p_edited − log
 p_unedited): the edited distribution comes first). After every step ‖δ‖ is clamped to clamp_norm_factor · ‖h_L‖
-(h_L = the unedited layer-L output at the bare prompt's edit position). As the reference, each of the
+(h_L = the unedited layer-L site value at the bare prompt's edit position). As the reference, each of the
 v_num_grad_steps iterations evaluates the loss first; a request stops (its δ frozen by a mask) once its *total*
 loss is below early_stop_loss, and the last iteration makes no update, so at most v_num_grad_steps − 1 updates
 are applied and the reported loss is the loss at the returned δ. z = h_L + δ.
@@ -17,8 +19,8 @@ are applied and the reported loss is the loss at the returned δ. z = h_L + δ.
 All requests of a batch are optimised together: rows = requests x prompts form one batch, δ is an [n, D] array
 and the summed loss separates over requests, so each δ_i gets exactly its own gradient and Adam moments (Adam is
 elementwise, and a request's updates are its first k steps, so the bias correction matches too) — the batched
-result equals per-request runs. The layers up to L run once; every step starts from the cached layer-L hidden
-states (δ is added to them directly) and runs layers L+1 .. v_loss_layer. One optimisation is one
+result equals per-request runs. The layers below L run once; every step starts from the cached input of layer L
+and runs layers L .. v_loss_layer with δ injected at layer L's site. One optimisation is one
 ``lax.while_loop`` under one ``jit``; :func:`compute_targets` runs it over request batches of a fixed size, so
 memory is set by the batch size, not by the number of requests.
 
@@ -45,6 +47,7 @@ from mkejax.distributed import host_array
 from mkejax.edit import batching
 from mkejax.edit.hparams import EditHparams, TargetHparams
 from mkejax.edit.requests import EditBatch
+from mkejax.models.common import Injection
 
 Array = jax.Array
 
@@ -55,9 +58,9 @@ class Targets:
     """Result of the target-value optimisation for n requests.
 
     Attributes:
-      z: [n, D] target layer-L outputs h_L + δ.
+      z: [n, D] target layer-L site values h_L + δ.
       delta: [n, D] the optimised δ.
-      h: [n, D] unedited layer-L outputs at the bare prompt's edit position.
+      h: [n, D] unedited layer-L site values at the bare prompt's edit position.
       loss: [n] final total loss; nll: [n] its NLL part (both at the final δ).
       steps: [n] int32 Adam updates applied to each request.
     """
@@ -95,7 +98,7 @@ def target_values(
     Args:
       graphdef, state: the model, split.
       batch: the requests' token arrays (inactive entries get δ = 0).
-      layer: L, the layer whose output receives δ.
+      layer: L, the layer whose edit site receives δ.
       hp: target hyperparameters (static).
       deltas: {layer: ΔW} already applied to the model (earlier edits), never mutated.
     """
@@ -107,30 +110,31 @@ def target_values(
         _flat(batch.attention_mask),
         _flat(batch.positions),
     )  # [nR, T], [nR]
-    base = model.forward(ids, mask, deltas=deltas, stop_layer=layer, return_hidden_after=layer).hidden
-    base = jax.lax.stop_gradient(base)  # [nR, T, D]
+    # Layers below L run once: their output (layer L's input) is cached; layer L runs in every step, since δ is
+    # added at its edit site, which for a post-norm family (Gemma 3) lies inside the layer.
+    below = model.forward(ids, mask, deltas=deltas, stop_layer=layer, return_hidden_after=layer - 1,
+                          capture_layers=(layer,), capture_positions=pos)  # fmt: skip
+    base = jax.lax.stop_gradient(below.hidden)  # [nR, T, D] input of layer L
     d = base.shape[-1]
-    at_edit = jnp.take_along_axis(base, pos[:, None, None], axis=1)[:, 0].reshape(n, rows, d)  # [n, R, D]
-    h = at_edit[:, 0].astype(jnp.float32)  # [n, D] bare prompt
+    h = below.outputs[layer].reshape(n, rows, d)[:, 0].astype(jnp.float32)  # [n, D] site, bare prompt
+    h = jax.lax.stop_gradient(h)
     h_sq = jnp.maximum(jnp.sum(h * h, axis=-1), 1e-12)  # [n]
-    onehot = jax.nn.one_hot(pos, t, dtype=jnp.float32)  # [nR, T]
     tmask = batch.target_mask  # [n, M]
     n_tok = jnp.maximum(tmask.sum(-1), 1.0)  # [n]
 
     def upper(delta: Array) -> tuple[Array, Array]:
         """Log-probs of the target tokens [n, P, M] and the KL row's next-token log-probs [n, V]."""
         vec = jnp.repeat(delta, rows, axis=0)  # [nR, D]
-        x = base + (onehot[:, :, None] * vec[:, None, :]).astype(base.dtype)  # [nR, T, D]
-        if hp.v_loss_layer > layer:
-            x = model.forward(
-                ids,
-                mask,
-                deltas=deltas,
-                start_layer=layer + 1,
-                start_hidden=x,
-                stop_layer=hp.v_loss_layer,
-                return_hidden_after=hp.v_loss_layer,
-            ).hidden
+        x = model.forward(
+            ids,
+            mask,
+            deltas=deltas,
+            start_layer=layer,
+            start_hidden=base,
+            injection=Injection(positions=pos, vectors=vec, layer=layer),
+            stop_layer=hp.v_loss_layer,
+            return_hidden_after=hp.v_loss_layer,
+        ).hidden
         x = x.reshape(n, rows, t, d)
         at_tgt = jnp.take_along_axis(x[:, :p], batch.target_positions[..., None], axis=2)  # [n, P, M, D]
         logp = jax.nn.log_softmax(model.unembed(at_tgt), axis=-1)  # [n, P, M, V]

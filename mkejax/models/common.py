@@ -9,8 +9,15 @@ heads, K kv heads, G = N // K, H head dim, F mlp width, V vocabulary.
 
 A family module (:mod:`mkejax.models.llama`, :mod:`mkejax.models.gemma3`) builds its layers and subclasses
 :class:`DecoderLM`, which runs them: it captures down-projection inputs ("keys") and layer outputs at chosen token
-positions, adds weight deltas to chosen down-projections, adds vectors to the residual stream after a chosen layer,
-can start from a given layer's hidden states or stop after a given layer, and reads/writes a :class:`KVCache`.
+positions, adds weight deltas to chosen down-projections, adds vectors at a chosen layer's edit site, can start
+from a given layer's hidden states or stop after a given layer, and reads/writes a :class:`KVCache`.
+
+The **edit site** of a layer is where its down-projection's output joins the residual stream, as the quantity a
+down-projection delta changes: ``ΔW k`` adds to it exactly. For Llama and Qwen2 (``x + mlp(x)``) it is the
+residual stream after the layer (the layer output MEMIT's ``compute_z`` edits); for Gemma 3
+(``x + post_feedforward_layernorm(mlp(x))``) it is the MLP output before that norm — the layer output would be out
+of reach of a linear change of ``down_proj`` (ROME's ``compute_v`` reads the ``mlp`` output for the same reason).
+Captured ``outputs`` and ``injection`` vectors live at the site; ``hidden`` is always the residual stream.
 """
 
 from __future__ import annotations
@@ -136,7 +143,8 @@ class KVCache:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Injection:
-    """Adds ``vectors[b]`` to the residual stream after layer ``layer`` at token ``positions[b]`` of row b."""
+    """Adds ``vectors[b]`` at layer ``layer``'s edit site (module docstring) at token ``positions[b]`` of row b
+    (for Llama/Qwen2: to the residual stream after the layer)."""
 
     positions: Array  # [B] int
     vectors: Array  # [B, D]
@@ -152,7 +160,7 @@ class ForwardOutput:
     ]  # layer -> down_proj input at the captured positions [B, F] (or all tokens [B, T, F])
     outputs: dict[
         int, Array
-    ]  # layer -> layer output (residual stream) at the captured positions [B, D] / [B, T, D]
+    ]  # layer -> the layer's edit site (module docstring) at the captured positions [B, D] / [B, T, D]
     hidden: Array | None  # hidden states [B, T, D] after `return_hidden_after`, if asked
     cache: KVCache | None = None  # the updated cache when one was given
 
@@ -166,8 +174,9 @@ def _gather(x: Array, positions: Array | None) -> Array:
 class DecoderLM(nnx.Module):
     """Base of the decoder-only LMs: the editing forward shared by every family.
 
-    A subclass sets ``config``, ``embed_tokens``, ``layers`` (each called as ``layer(x, attn_inputs, delta, kv)
-    -> (x, key, kv)``), ``norm`` and implements :meth:`embed`, :meth:`layer_inputs` and :meth:`unembed`.
+    A subclass sets ``config``, ``embed_tokens``, ``layers`` (each called as ``layer(x, attn_inputs, delta, kv,
+    write) -> (x, key, kv, site)``: ``write`` [B, T, D] or None is added at the edit site, ``site`` is the value
+    there after the write), ``norm`` and implements :meth:`embed`, :meth:`layer_inputs` and :meth:`unembed`.
     Parameters follow HF names without the ``model.`` prefix (:func:`hf_name`).
     """
 
@@ -219,9 +228,9 @@ class DecoderLM(nnx.Module):
             [B, S] over all cache slots (slots after the current tokens are hidden by causality anyway).
           deltas: {HF name ``model.layers.<i>.mlp.down_proj.weight``: ΔW [D, F]} added to that weight (no
             mutation; :mod:`mkejax.models.deltas`).
-          capture_layers: layers whose down_proj input (key) and output hidden state are returned.
+          capture_layers: layers whose down_proj input (key) and edit-site value (module docstring) are returned.
           capture_positions: [B] token index per row to capture at; None captures every token ([B, T, ...]).
-          injection: a vector added to the residual stream after one layer at one position per row.
+          injection: a vector added at one layer's edit site at one position per row.
           start_layer: first layer to run; with ``start_hidden`` [B, T, D] = the input of that layer.
           stop_layer: last layer to run (inclusive); no logits are computed when it is set.
           return_hidden_after: also return the hidden states [B, T, D] output by this layer (-1: embeddings).
@@ -266,15 +275,18 @@ class DecoderLM(nnx.Module):
         new_v = list(cache.values) if cache is not None else None
         for i in range(start_layer, last + 1):
             kv = None if cache is None else (new_k[i], new_v[i])
-            x, key, kv = self.layers[i](x, inputs[i], None if deltas is None else deltas.get(i), kv)
-            if cache is not None:
-                new_k[i], new_v[i] = kv
+            write = None
             if injection is not None and injection.layer == i:
                 onehot = jax.nn.one_hot(injection.positions, t, dtype=x.dtype)  # [B, T]
-                x = x + onehot[:, :, None] * injection.vectors[:, None, :].astype(x.dtype)
+                write = onehot[:, :, None] * injection.vectors[:, None, :].astype(x.dtype)  # [B, T, D]
+            x, key, kv, site = self.layers[i](
+                x, inputs[i], None if deltas is None else deltas.get(i), kv, write
+            )
+            if cache is not None:
+                new_k[i], new_v[i] = kv
             if i in capture_layers:
                 keys[i] = _gather(key, capture_positions)
-                outputs[i] = _gather(x, capture_positions)
+                outputs[i] = _gather(site, capture_positions)
             if return_hidden_after == i:
                 hidden = x
         logits = self.unembed(x) if stop_layer is None else None

@@ -11,7 +11,8 @@ arXiv 2503.19786). What differs from Llama:
   ``attn_logit_softcapping`` from the config but never passes it to the attention function (Gemma 2 does), and
   llama.cpp's converter rejects a Gemma 3 config that sets it; the field is kept (and exported) but not applied,
   so that the logits equal transformers' for any config (see :class:`Gemma3Config`);
-- GeGLU MLP ``down(gelu_tanh(gate x) · up x)``; the editing key is again the down-projection input;
+- GeGLU MLP ``down(gelu_tanh(gate x) · up x)``; the editing key is again the down-projection input, the edit
+  site (captured outputs, injections: :mod:`mkejax.models.common`) the MLP output before the post-feedforward norm;
 - local (sliding-window) and global layers by ``layer_types``, each with its own RoPE base and scaling;
 - embeddings times √D (cast to the weight dtype first, as transformers' ``Gemma3TextScaledWordEmbedding``);
   final logits optionally soft-capped (``final_logit_softcapping``).
@@ -111,11 +112,15 @@ class Gemma3DecoderLayer(nnx.Module):
         self.mlp = Gemma3MLP(config, dtype=dtype)
         self.post_feedforward_layernorm = GemmaRMSNorm(d, eps=eps, dtype=dtype)
 
-    def __call__(self, x, a: AttnInputs, delta=None, kv=None) -> tuple[Array, Array, tuple | None]:
+    def __call__(self, x, a: AttnInputs, delta=None, kv=None, write=None):
+        """(output, key, kv, site): the edit site is the MLP output before ``post_feedforward_layernorm`` (plus
+        ``write``), the only place where a down-projection delta's ``ΔW k`` adds linearly."""
         attn, kv = self.self_attn(self.input_layernorm(x), a, kv)
         x = x + self.post_attention_layernorm(attn)
         mlp_out, key = self.mlp(self.pre_feedforward_layernorm(x), delta)
-        return x + self.post_feedforward_layernorm(mlp_out), key, kv
+        if write is not None:
+            mlp_out = mlp_out + write
+        return x + self.post_feedforward_layernorm(mlp_out), key, kv, mlp_out
 
 
 class Gemma3CausalLM(DecoderLM):

@@ -95,11 +95,15 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=eps, dtype=dtype)
         self.mlp = MLP(config, dtype=dtype)
 
-    def __call__(self, x, a: AttnInputs, delta=None, kv=None) -> tuple[Array, Array, tuple | None]:
+    def __call__(self, x, a: AttnInputs, delta=None, kv=None, write=None):
+        """(output, key, kv, site): the edit site is the output itself (``x + mlp(x)``, plus ``write``)."""
         attn, kv = self.self_attn(self.input_layernorm(x), a, kv)
         x = x + attn
         mlp_out, key = self.mlp(self.post_attention_layernorm(x), delta)
-        return x + mlp_out, key, kv
+        x = x + mlp_out
+        if write is not None:
+            x = x + write
+        return x, key, kv, x
 
 
 class CausalLM(DecoderLM):

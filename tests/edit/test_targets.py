@@ -1,5 +1,7 @@
 """Target values (compute_z): batched = per request, loss = an independent recomputation of the reference's rules
-(KL(p_edited ‖ p_unedited), decay ‖δ‖ / ‖h‖², stop on the total loss), clamp, masks."""
+(KL(p_edited ‖ p_unedited), decay ‖δ‖ / ‖h‖², stop on the total loss), clamp, masks; for Llama and Gemma 3 the
+targets live at the edit site, where a down-projection delta adds linearly (a weight edit that writes δ there
+reproduces the injection's logits)."""
 
 from __future__ import annotations
 
@@ -10,10 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from edit_fixtures import capture, choose_requests
+from edit_fixtures import capture, choose_requests, make_request
 from flax import nnx
 
 from mkejax.edit import ContextTemplates, TargetHparams, compute_targets, tokenize_requests
+from mkejax.models import load_model, load_tokenizer
 from mkejax.models.llama import Injection
 
 TEMPLATES = ContextTemplates.fixed(["Hello there. {}", "I think that {}"])
@@ -27,6 +30,16 @@ PAD = 32  # every batch here has rows of 32 tokens: one compilation per request 
 def setup(tiny):
     model, tok = tiny
     requests = choose_requests(model, tok, n=3)
+    return model, tok, requests, tokenize_requests(tok, requests, TEMPLATES, pad_to=PAD)
+
+
+@pytest.fixture(scope="module")
+def gemma(tiny_checkpoint):
+    """The tiny Gemma 3 (post-feedforward norm: the edit site is inside the layer) with three requests."""
+    path = tiny_checkpoint("gemma3")
+    model, tok = load_model(path), load_tokenizer(path)
+    facts = [("France", "Paris"), ("Spain", "Madrid"), ("Italy", "Rome")]
+    requests = [make_request(i, f"The capital of {s}", s, t) for i, (s, t) in enumerate(facts)]
     return model, tok, requests, tokenize_requests(tok, requests, TEMPLATES, pad_to=PAD)
 
 
@@ -81,10 +94,13 @@ def _reference_loss(model, batch, delta, h):
     return np.array(out)
 
 
-def test_loss_h_clamp_and_z(setup):
-    model, _, _, batch = setup
-    t = compute_targets(model, batch, HP, layer=LAYER)
-    # h: the unedited layer-L output at the bare prompt's edit position
+@pytest.mark.parametrize("family", ["setup", "gemma"])
+def test_loss_h_clamp_and_z(request, family):
+    model, _, _, batch = request.getfixturevalue(family)
+    # the loss is read at the last layer, as the reference route's full forward does
+    hp = dataclasses.replace(HP, v_loss_layer=model.config.num_hidden_layers - 1)
+    t = compute_targets(model, batch, hp, layer=LAYER)
+    # h: the unedited layer-L edit-site value at the bare prompt's edit position
     _, outputs, _ = capture(model, batch.input_ids[:, 0], batch.attention_mask[:, 0], batch.positions[:, 0],
                             layers=(LAYER,))  # fmt: skip
     np.testing.assert_allclose(t.h, outputs[LAYER], rtol=1e-5, atol=1e-6)
@@ -125,3 +141,36 @@ def test_stop_rule_is_on_the_total_loss(setup):
     np.testing.assert_allclose(stopped.delta, two.delta, rtol=1e-5, atol=1e-7)
     assert float(stopped.loss[0]) < cut.early_stop_loss < float(first.loss[0])
     assert float(stopped.nll[0]) < float(stopped.loss[0])  # the total, not the NLL, is compared
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_weight_edit_realises_the_site_injection(tiny_checkpoint, family):
+    """ΔW k adds to the captured site value at every token (linearity, relative 1e-5 of the site's size), so a
+    ΔW with ΔW k_0 = v (solved in float64) gives the logits of injecting v at the site, at the first token
+    (which attends to nothing the edit changed elsewhere; max abs 1e-4 as the backbone parity). With the site at
+    Gemma's residual stream instead (after the post-feedforward norm) neither would hold."""
+    path = tiny_checkpoint(family)
+    model = load_model(path)
+    cfg = model.config
+    rng = np.random.default_rng(3)
+    ids = jnp.asarray(rng.integers(3, cfg.vocab_size, (4, 9)), jnp.int32)
+    mask = jnp.ones_like(ids)
+    first = jnp.zeros((4,), jnp.int32)
+    keys, site, _ = capture(model, ids, mask, first, layers=(LAYER,))
+    k = np.asarray(keys[LAYER], np.float64).T  # [F, B]
+    h = np.asarray(site[LAYER], np.float64)  # [B, D]
+    v = 0.5 * np.linalg.norm(h, axis=-1, keepdims=True) * rng.standard_normal(h.shape) / np.sqrt(h.shape[1])
+    dw = v.T @ np.linalg.solve(k.T @ k, k.T)  # [D, F]: ΔW k_b = v_b
+    deltas = {LAYER: jnp.asarray(dw, jnp.float32)}
+
+    every = model.forward(ids, mask, capture_layers=(LAYER,))
+    edited = model.forward(ids, mask, capture_layers=(LAYER,), deltas=deltas)
+    want = np.asarray(every.outputs[LAYER]) + np.einsum("df,btf->btd", dw, np.asarray(every.keys[LAYER]))
+    scale = np.abs(want).max()
+    assert np.abs(np.asarray(edited.outputs[LAYER]) - want).max() <= 1e-5 * scale
+
+    injected = model.forward(ids, mask, injection=Injection(positions=first, vectors=jnp.asarray(v, jnp.float32),
+                                                             layer=LAYER)).logits  # fmt: skip
+    gap = np.abs(np.asarray(edited.logits)[:, 0] - np.asarray(injected)[:, 0]).max()
+    assert gap <= 1e-4
+    assert np.abs(np.asarray(injected)[:, 0] - np.asarray(every.logits)[:, 0]).max() > 1e-2  # v matters
