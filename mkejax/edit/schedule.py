@@ -5,7 +5,11 @@ edited layers l_1 < ... < l_T (L = l_T) and target values Z, at step i the keys 
 subject's last token, template-averaged) and the layer-L outputs H are recomputed on the model with the deltas of
 l_1..l_{i-1} applied (passed to the forward, never written into the parameters), R = (Z − H) / (T − i + 1) spreads
 the remaining error over the remaining layers, and the method's solve (:mod:`mkejax.edit.registry`) turns (K, R)
-into ΔW_{l_i}. Each language runs on its OWN partially edited model (its rows of the earlier deltas [L, D, F] are
+into ΔW_{l_i}. H and Z live at layer L's edit site (:mod:`mkejax.models.common`): for Llama/Qwen2 the residual
+stream after layer L, as in the reference; for Gemma 3 the MLP output before the post-feedforward norm. The last
+layer always closes the remaining error exactly (ΔW_L k adds to its own site); handing earlier layers a share is
+MEMIT's heuristic, and for a post-norm family their share reaches layer L's site only through the norms and the
+layers between, so the last step carries more of the work there. Each language runs on its OWN partially edited model (its rows of the earlier deltas [L, D, F] are
 mapped along with its batch); editing one language is L = 1 of the same code.
 
 Per layer the solves of all languages come from :func:`solve_layer`: own covariance (each language's own Gram) or
@@ -39,9 +43,22 @@ from mkejax.sharding import LANG
 Array = jax.Array
 
 
-def _map(fn, xs, chunk: int | None):
-    """``vmap`` of ``fn`` over the leading axis, in chunks of ``chunk`` (``lax.map``) when given."""
+def _map(fn, xs, chunk: int | None, *, serial: bool = False):
+    """``vmap`` of ``fn`` over the leading axis, in chunks of ``chunk`` (``lax.map``) when given; one element at a
+    time when ``serial``."""
+    if serial:
+        return jax.lax.map(fn, xs)
     return jax.vmap(fn)(xs) if chunk is None else jax.lax.map(fn, xs, batch_size=chunk)
+
+
+def serial_factorisations(axis: str | None) -> bool:
+    """Whether each device factorises its languages' systems one at a time: on CPU inside a multi-device
+    ``shard_map``. jaxlib's CPU LAPACK kernels split a batch of matrices into tasks on the intra-op thread pool
+    and wait for them (``ParallelBatchMap``); when every device of the process runs such a kernel at once, the
+    pool's threads all wait and none is left to run the tasks: a deadlock (observed with jaxlib 0.10.2 and 8
+    CPU devices, every pool thread blocked in ``ParallelBatchMap`` under ``lapack_dpotrf_ffi``). A batch of one
+    matrix runs inline. GPUs and TPUs keep the batched kernels."""
+    return axis is not None and jax.default_backend() == "cpu"
 
 
 def solve_layer(
@@ -54,6 +71,7 @@ def solve_layer(
     [d_in, d_in] (common) or [Lb, d_in, d_in] (per language); ``axis`` the mesh axis to ``psum`` the shared Gram
     over (None: no mesh).
     """
+    serial = serial_factorisations(axis)
     total = None
     if shared:
         total = jnp.einsum("lin,ljn->ij", K, K, precision=HIGHEST)  # Σ_l K_l K_lᵀ over this block
@@ -65,7 +83,7 @@ def solve_layer(
     if shared and kernel.own_gram and not per_lang and not lang_aux:
         # One system for every language: factorise once, apply to each language's right-hand side.
         factors, ratio = kernel.factor(hp, aux, total if common is None else total + common)
-        out = _map(lambda a: kernel.apply(hp, factors, aux, *a), (K, R, mask), lang_batch)
+        out = _map(lambda a: kernel.apply(hp, factors, aux, *a), (K, R, mask), lang_batch, serial=serial)
         return out, jnp.broadcast_to(ratio, (K.shape[0],))
 
     def one(args):  # one language; its Gram is formed here so that lax.map chunks bound the d_in² buffers
@@ -84,7 +102,7 @@ def solve_layer(
         return kernel.apply(hp, factors, a, k, r, m), ratio
 
     mapped = {k: aux[k] for k in lang_aux}
-    return _map(one, (K, R, mask, extra if per_lang else None, mapped), lang_batch)
+    return _map(one, (K, R, mask, extra if per_lang else None, mapped), lang_batch, serial=serial)
 
 
 def solve_all(kernel, hp, aux, K, R, mask, extra, *, shared, use64, mesh, lang_batch):
