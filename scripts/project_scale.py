@@ -67,7 +67,9 @@ def main() -> None:
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="weights/activations")
     ap.add_argument("--langs", type=int, default=12)
     ap.add_argument("--per-lang", type=int, default=700)
-    ap.add_argument("--rows", type=int, default=6, help="rewrite rows per request (MEMIT: '{}' + 5 templates)")
+    ap.add_argument(
+        "--rows", type=int, default=6, help="rewrite rows per request (MEMIT: '{}' + 5 templates)"
+    )
     ap.add_argument("--tokens", type=int, default=40, help="mean tokens per row (template + prompt + target)")
     ap.add_argument("--steps", type=int, default=25, help="Adam steps (no early stop assumed)")
     ap.add_argument("--stats-tokens", type=float, default=5e7, help="key-statistics tokens (100k articles)")
@@ -103,15 +105,16 @@ def main() -> None:
 
     print(f"{m.name}: {m.params() / 1e9:.1f} B parameters, {args.dtype}; {args.langs} x {args.per_lang} edits, "
           f"{args.rows} rows x {t} tokens, {args.steps} steps; statistics {args.stats_tokens:.0e} tokens")  # fmt: skip
-    print("\nFLOPs: targets {:.2e}, keys {:.2e}, statistics {:.2e}, solves {:.2e}, evaluation {:.2e}".format(
-        f_targets, f_keys, f_stats, f_solve, f_eval))  # fmt: skip
-    print("memory: weights {:.1f} GB, statistics {:.1f} GB, one mode's edit vectors {:.1f} GB, one float64 "
-          "system {:.2f} GB, target activations {:.2f} GB per request".format(
-              weights / GB, stats / GB, deltas / GB, solve / GB, per_req / GB))  # fmt: skip
+    print(f"\nFLOPs: targets {f_targets:.2e}, keys {f_keys:.2e}, statistics {f_stats:.2e}, solves {f_solve:.2e}, evaluation {f_eval:.2e}")  # fmt: skip
+    print(f"memory: weights {weights / GB:.1f} GB, statistics {stats / GB:.1f} GB, one mode's edit vectors {deltas / GB:.1f} GB, one float64 "
+          f"system {solve / GB:.2f} GB, target activations {per_req / GB:.2f} GB per request")  # fmt: skip
 
     h100 = 495e12 if args.dtype == "float32" else 989e12
     v5e8 = 8 * 197e12
-    rows = [("one H100 80 GB", h100, 67e12 * 0.5, 80 * GB, 1), ("TPU v5e-8", v5e8, v5e8 / 6 * 0.3, 128 * GB, 8)]
+    rows = [
+        ("one H100 80 GB", h100, 67e12 * 0.5, 80 * GB, 1),
+        ("TPU v5e-8", v5e8, v5e8 / 6 * 0.3, 128 * GB, 8),
+    ]
     print(f"\n{'':<16} {'targets':>9} {'keys':>7} {'stats':>7} {'solves':>7} {'eval':>7} {'total':>7}   "
           "memory plan")  # fmt: skip
     for name, peak, solve_rate, hbm, chips in rows:

@@ -34,12 +34,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=sorted(MODELS), default="gemma3")
     ap.add_argument("--method", default="memit")
-    ap.add_argument("--preset", default=None, help="the preset whose other fields are used (default: the model's)")
+    ap.add_argument(
+        "--preset", default=None, help="the preset whose other fields are used (default: the model's)"
+    )
     ap.add_argument("--lang", default="de")
     ap.add_argument("--requests", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=100_000)
     ap.add_argument("--layers", nargs="+", type=layer_window, default=None)
-    ap.add_argument("--grid", nargs="*", default=[], metavar="FIELD=V1,V2", help="solver or target fields to sweep")
+    ap.add_argument(
+        "--grid", nargs="*", default=[], metavar="FIELD=V1,V2", help="solver or target fields to sweep"
+    )
     args = ap.parse_args()
     os.environ.setdefault("MKEJAX_DATA", str(REPO.parent / "shared" / "data"))
 
@@ -65,13 +69,17 @@ def main() -> None:
     pre = pre.groupby("metric")["value"].mean()
     print(f"# {args.model} {args.method} on {args.requests} MzsRE {args.lang} requests; statistics over {args.tokens} "
           f"tokens ({time.perf_counter() - start:.0f} s); pre-edit reliability {pre['reliability']:.3f}")  # fmt: skip
-    print("| layers | setting | reliability | generality | locality | portability |\n|---|---|---|---|---|---|")
+    print(
+        "| layers | setting | reliability | generality | locality | portability |\n|---|---|---|---|---|---|"
+    )
     for window in windows:
         hp0 = base.replace(layers=window)
         targets = language_targets(model, tok, {args.lang: requests}, hp0)
         for point in grid:
             hp = hp0.replace(**{k: (int(v) if k == "v_num_grad_steps" else v) for k, v in point.items()})
-            if any(k in hp0.target_hparams().__dataclass_fields__ for k in point):  # target fields: reoptimise
+            if any(
+                k in hp0.target_hparams().__dataclass_fields__ for k in point
+            ):  # target fields: reoptimise
                 result = edit(model, tok, requests, hp, stats)
             else:
                 result = edit(model, tok, requests, hp, stats, targets=targets[args.lang])

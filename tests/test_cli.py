@@ -17,7 +17,7 @@ from mkejax.config import config_from_dict, load_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 COMMANDS = ("config", "generate", "run", "stats", "edit", "merge", "eval", "report", "demo", "export")
-COMMANDS += ("merge-models",)
+COMMANDS += ("merge-models", "languages")
 
 
 def test_every_subcommand_has_help(capsys):

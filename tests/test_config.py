@@ -25,8 +25,15 @@ from mkejax.config import (
 from mkejax.data.request import MZSRE_LANGUAGES
 from mkejax.runner import RunDirError, merged_name, prepare_run_dir, read_run_info
 
-EXPECTED = {"demo", "llama3.1-8b_memit", "llama3.1-8b_alphaedit", "qwen2.5-7b_memit", "qwen2.5-7b_alphaedit",
-            "mzsre-gemma3-270m_memit", "mzsre-gemma3-270m_alphaedit"}
+EXPECTED = {
+    "demo",
+    "llama3.1-8b_memit",
+    "llama3.1-8b_alphaedit",
+    "qwen2.5-7b_memit",
+    "qwen2.5-7b_alphaedit",
+    "mzsre-gemma3-270m_memit",
+    "mzsre-gemma3-270m_alphaedit",
+}
 SIX = {f"{m}_{s}" for m in ("sum", "mean", "tsvm") for s in ("own", "shared")}
 
 MINIMAL = {
@@ -72,7 +79,9 @@ def test_small_reproduction_setups(method):
     """The CPU-sized reproduction: Gemma-3-270M, all 12 MzsRE languages, >= 24 records, six variants, the α and
     rank grids of the issue, the 12 x 12 matrix."""
     cfg = load_config(f"mzsre-gemma3-270m_{method}")
-    assert "gemma3-270m" in cfg.model.source and cfg.edit.method == method and cfg.edit.preset == "gemma3-270m"
+    assert (
+        "gemma3-270m" in cfg.model.source and cfg.edit.method == method and cfg.edit.preset == "gemma3-270m"
+    )
     assert len(cfg.data.languages) == 12 and cfg.data.limit >= 24
     assert {v.name for v in cfg.merge.variants} == SIX
     assert cfg.merge.alphas == (1.0, 1.25, 1.5) and cfg.merge.rank_ratios == (None, 0.02, 0.1)

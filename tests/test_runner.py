@@ -115,7 +115,10 @@ def test_report_links_its_files(base):
     found = json.loads((run_dir / RESULTS / "interference.json").read_text())
     layer = found["own"]["layers"]["model.layers.1.mlp.down_proj.weight"]
     assert np.asarray(layer["cosine"], float).shape == (3, 3) and 0 < layer["norm_ratio"] <= 1
-    assert set(found["own"]["correlations"]["model.layers.1.mlp.down_proj.weight"]) >= {"cosine", "key_overlap"}
+    assert set(found["own"]["correlations"]["model.layers.1.mlp.down_proj.weight"]) >= {
+        "cosine",
+        "key_overlap",
+    }
     table_rows = [line for line in summary.table.splitlines() if line.startswith("| memit")]
     assert len(table_rows) == len(merge_jobs(cfg))
     assert json.loads((run_dir / RESULTS / "run_summary.json").read_text())["stages"][0]["name"] == "load"
@@ -356,7 +359,10 @@ def test_language_rollback_equals_a_run_from_scratch(base, setup):
     scratch = setup.config("scratch-en-de", "data.languages=en,de")
     run(scratch, progress=False)
     for name in ("edits/own_en-de", "edits/shared_en-de"):
-        a, b = load_artefact(out / "artefacts" / name)[0], load_artefact(scratch.run_dir / "artefacts" / name)[0]
+        a, b = (
+            load_artefact(out / "artefacts" / name)[0],
+            load_artefact(scratch.run_dir / "artefacts" / name)[0],
+        )
         for key, d in b["deltas"].items():
             assert float(jnp.linalg.norm(a["deltas"][key] - d) / jnp.linalg.norm(d)) <= 1e-5, (name, key)
     x = pd.read_csv(out / RESULTS / "results.csv").drop(columns="model")

@@ -138,8 +138,9 @@ def newline_token_ids(tokenizer) -> list[int]:
     Decoding every token of a 262k vocabulary takes seconds, so only candidates are decoded: tokens whose string
     holds a newline as text, as a sentencepiece byte (``<0x0A>``) or as GPT-2's byte-level character ``Ċ``.
     """
-    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    cands = [i for i, p in enumerate(pieces) if p and ("\n" in p or "\u010a" in p or "<0x0A>" in p)]
+    ids = sorted(set(tokenizer.get_vocab().values()))  # not range(len(tokenizer)): ids may have gaps
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    cands = [i for i, p in zip(ids, pieces) if p and ("\n" in p or "\u010a" in p or "<0x0A>" in p)]
     texts = tokenizer.batch_decode([[i] for i in cands])
     return [i for i, t in zip(cands, texts) if "\n" in t]
 

@@ -17,7 +17,7 @@ import dataclasses
 import numpy as np
 
 from mkejax.checkpoint import canonical, fingerprint
-from mkejax.runner.rundir import edit_name, targets_name
+from mkejax.runner.rundir import edit_modes, edit_name, targets_name
 
 
 def template_settings(ctx, lang: str) -> dict:
@@ -64,6 +64,11 @@ def targets_settings(ctx, lang: str) -> dict:
     }
 
 
+def live_languages(ctx) -> list[str]:
+    """The languages with at least one request to edit (not skipped by the subject policy)."""
+    return [lang for lang in ctx.languages if any(r.subject_rule != "skip" for r in ctx.requests[lang])]
+
+
 def targets(ctx) -> dict:
     """{language: Targets} of every language with requests to edit (``targets/<lang>``): the languages without a
     valid artefact are optimised together in one :func:`mkejax.edit.language_targets` call."""
@@ -71,7 +76,7 @@ def targets(ctx) -> dict:
         return ctx.memo["targets"]
     from mkejax.edit import Targets, language_targets
 
-    live = [lang for lang in ctx.languages if any(r.subject_rule != "skip" for r in ctx.requests[lang])]
+    live = live_languages(ctx)
     if not live:
         raise ValueError(
             "nothing to edit: every request of every language was skipped by the subject policy "
@@ -167,7 +172,8 @@ def edit_settings(ctx, shared_cov: bool, statistics_kind: str = "pooled") -> dic
         "tokenizer": ctx.tokenizer_digest,
         "hparams": canonical(ctx.hparams),
         "stats": fps,
-        "targets": {lang: fingerprint(targets_settings(ctx, lang)) for lang in targets(ctx)},
+        # the settings, not the values: a cached edit set never needs its target values read
+        "targets": {lang: fingerprint(targets_settings(ctx, lang)) for lang in live_languages(ctx)},
         "languages": list(ctx.languages),
         "requests": ctx.request_digests,
         "shared_cov": bool(shared_cov),
@@ -215,15 +221,6 @@ def edit_set(ctx, shared_cov: bool, statistics_kind: str = "pooled"):
     return ctx.memo[key]
 
 
-def needed_edit_modes(ctx) -> tuple[tuple[bool, str], ...]:
-    """(shared covariance, statistics) pairs the merges and protocols need; the cross-lingual matrix uses the
-    own-covariance edits with pooled statistics."""
-    modes = {(v.shared_cov, v.statistics) for v in ctx.config.merge.variants}
-    if "cross_lingual" in ctx.config.evaluation.protocols:
-        modes.add((False, "pooled"))
-    return tuple(sorted(modes))
-
-
 def edits(ctx) -> None:
-    for shared, kind in ctx.bar(needed_edit_modes(ctx), "edits"):
+    for shared, kind in ctx.bar(edit_modes(ctx.config), "edits"):
         edit_set(ctx, shared, kind)

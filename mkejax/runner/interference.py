@@ -14,8 +14,8 @@ import json
 import numpy as np
 
 from mkejax.distributed import is_main_process
-from mkejax.runner.edits import edit_set, needed_edit_modes
-from mkejax.runner.rundir import RESULTS
+from mkejax.runner.edits import edit_set
+from mkejax.runner.rundir import RESULTS, edit_modes
 
 FILE = "interference.json"
 
@@ -46,7 +46,7 @@ def interference(ctx, results) -> dict:
 
     scores = cross_lingual_scores(results, ctx.languages)
     out = {}
-    for shared, kind in needed_edit_modes(ctx):
+    for shared, kind in edit_modes(ctx.config):
         edits, fp = edit_set(ctx, shared, kind)
         k = int(np.asarray(edits.mask).sum(axis=1).max())  # the edits per language: the deltas' rank
 

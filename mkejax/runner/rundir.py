@@ -258,3 +258,12 @@ def prepare_run_dir(config: ExperimentConfig, *, log: Callable[[str], None] | No
         atomic_write_text(run_dir / RUN_FILE, json.dumps(record, indent=1))
     barrier(f"mkejax-run-dir:{run_dir}")
     return run_dir
+
+
+def edit_modes(config: ExperimentConfig) -> tuple[tuple[bool, str], ...]:
+    """(shared covariance, statistics) pairs the merges and protocols of ``config`` need; the cross-lingual matrix
+    uses the own-covariance edits with pooled statistics."""
+    modes = {(v.shared_cov, v.statistics) for v in config.merge.variants}
+    if "cross_lingual" in config.evaluation.protocols:
+        modes.add((False, "pooled"))
+    return tuple(sorted(modes))

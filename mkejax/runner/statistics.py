@@ -16,7 +16,7 @@ import logging
 import numpy as np
 
 from mkejax.checkpoint import fingerprint, load_artefact, save_artefact
-from mkejax.runner.rundir import stats_name
+from mkejax.runner.rundir import edit_modes, stats_name
 
 logger = logging.getLogger("mkejax.runner")
 PARTIAL = "stats/partial"
@@ -107,9 +107,7 @@ def language_statistics(ctx) -> dict:
 
 def needed(ctx) -> tuple[str | None, ...]:
     """The statistics the configured edits need: None (pooled) and/or every language."""
-    from mkejax.runner.edits import needed_edit_modes
-
-    kinds = {stats for _, stats in needed_edit_modes(ctx)}
+    kinds = {stats for _, stats in edit_modes(ctx.config)}
     return (*((None,) if "pooled" in kinds else ()), *(ctx.languages if "per_language" in kinds else ()))
 
 

@@ -9,7 +9,7 @@ import pytest
 from merge_refs import regmean_ref, rel
 
 from mkejax import merge as M
-from mkejax.edit.solvers import solve_alphaedit, solve_memit
+from mkejax.edit import solve_alphaedit, solve_memit
 from mkejax.merge.regmean import alphaedit_normals, memit_normals
 
 L, D_OUT, D_IN, N = 3, 8, 16, 5
