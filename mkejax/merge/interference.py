@@ -32,17 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mkejax.merge.checks import lang_sum
-from mkejax.merge.linalg import (
-    compute_dtype,
-    guard,
-    mm,
-    per_language,
-    poison,
-    rank_tol,
-    svd,
-    use_float64,
-    wide_scope,
-)
+from mkejax.merge.linalg import compute_dtype, guard, mm, poison, rank_tol, svd, use_float64, wide_scope
 
 MATRIX_DIAGNOSTICS = ("cosine", "left_overlap", "right_overlap", "key_overlap")
 
@@ -106,9 +96,7 @@ def _subspace_overlap(deltas, k: int, left: bool):
             B = u[:, :k] if left else vh[:k].T
             return B * live[None, :], live.sum()
 
-        B, rank = per_language(
-            basis, x
-        )  # [L, dim, k], [L] (batched over languages: see linalg.top_components)
+        B, rank = jax.vmap(basis)(x)  # [L, dim, k], [L] (batched over languages: see linalg.top_components)
         cross = jnp.einsum("lak,jab->ljkb", B, B, precision=jax.lax.Precision.HIGHEST)  # [L, L, k, k]
         fro2 = (cross**2).sum(axis=(2, 3))  # Σ cos² of the principal angles
         dim = jnp.minimum(rank[:, None], rank[None, :])

@@ -27,6 +27,7 @@ SVDs in float64 where the backend has it (float32 on TPU), batched over language
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from mkejax.merge.checks import check_alpha, check_unit, lang_sum, map_matrices, num_languages
@@ -35,7 +36,6 @@ from mkejax.merge.linalg import (
     compute_dtype,
     guard,
     mm,
-    per_language,
     poison,
     polar,
     rank_tol,
@@ -77,7 +77,7 @@ def iso_cts_leaf(d, fraction: float, alpha: float):
                 keep = sl[:k_t] > rank_tol(jnp.linalg.norm(xl), (m, n), d.dtype)
                 return u[:, :k_t] * keep[None, :], jnp.where(keep, sl[:k_t], 0), vh[:k_t] * keep[:, None]
 
-            U_t, s_t, V_t = per_language(task, x)  # [L, m, k_t], [L, k_t], [L, k_t, n] (batched: see linalg)
+            U_t, s_t, V_t = jax.vmap(task)(x)  # [L, m, k_t], [L, k_t], [L, k_t, n] (batched: see linalg)
             blocks_u.append(U_t.transpose(1, 0, 2).reshape(m, L * k_t))
             blocks_s.append(s_t.reshape(L * k_t))
             blocks_v.append(V_t.reshape(L * k_t, n))

@@ -56,20 +56,6 @@ def svd(x):
     return jnp.linalg.svd(x, full_matrices=False)
 
 
-def serial_lapack() -> bool:
-    """Whether decompositions over the language axis run one matrix at a time: in a multi-device CPU process.
-    jaxlib's CPU LAPACK kernels split a batch of matrices into tasks on the intra-op thread pool and wait for
-    them; when every device runs such a kernel at once, all pool threads wait and none runs the tasks (a
-    deadlock seen with jaxlib 0.10.2 and 8 CPU devices). One matrix runs inline. GPUs and TPUs keep the batch."""
-    return jax.default_backend() == "cpu" and jax.device_count() > 1
-
-
-def per_language(fn, x):
-    """``fn`` over the leading (language) axis: one batched call, or one matrix at a time where
-    :func:`serial_lapack` says so (XLA then gathers a sharded axis: only multi-device CPU processes pay that)."""
-    return jax.lax.map(fn, x) if serial_lapack() else jax.vmap(fn)(x)
-
-
 def polar(A):
     """Nearest matrix with orthonormal columns (or rows, if wide) to A: U Vᵀ of its thin SVD."""
     u, _, vh = svd(A)
@@ -92,7 +78,7 @@ def top_components(d, k: int, in_dtype, ct):
 
     Returns U [L, m, k], s [L, k], Vh [L, k, n] in ``ct``; the input is guarded by the caller.
     """
-    u, s, vh = per_language(svd, d.astype(ct))  # [L, m, r], [L, r], [L, r, n]
+    u, s, vh = svd(d.astype(ct))  # [L, m, r], [L, r], [L, r, n]
     u, s, vh = u[:, :, :k], s[:, :k], vh[:, :k]
     live = s > rank_tol(s[:, :1], d.shape[1:], in_dtype)  # [L, k]
     return u * live[:, None, :], jnp.where(live, s, 0), vh * live[:, :, None]
