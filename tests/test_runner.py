@@ -343,6 +343,7 @@ def test_generation_scores_and_texts_are_kept(base, setup):
     assert "language groups: script" in (cfg.run_dir / "report.md").read_text()
 
 
+@pytest.mark.slow  # a second run from scratch (~45 s on 2 cores)
 def test_language_rollback_equals_a_run_from_scratch(base, setup):
     """`mkejax languages RUN_DIR --remove fr`: no target values optimised again (statistics and the kept
     languages' targets reused), and the same edits and scores as a run of the two languages from scratch."""
