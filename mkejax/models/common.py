@@ -67,6 +67,12 @@ class Embedding(nnx.Module):
         return jnp.take(self.weight[...], ids, axis=0)
 
 
+def rms_normalise(x: Array, eps: float) -> Array:
+    """``x / sqrt(mean(x²) + eps)`` over the last axis, in float32 (both families' norms start so)."""
+    x32 = x.astype(jnp.float32)
+    return x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+
+
 def rope_cos_sin(inv_freq, positions: Array) -> tuple[Array, Array]:
     """cos/sin tables [B, T, H] for inverse frequencies [H/2] and integer positions [B, T] (rotate-half)."""
     freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, H/2]
@@ -176,21 +182,13 @@ class DecoderLM(nnx.Module):
 
     A subclass sets ``config``, ``embed_tokens``, ``layers`` (each called as ``layer(x, attn_inputs, delta, kv,
     write) -> (x, key, kv, site)``: ``write`` [B, T, D] or None is added at the edit site, ``site`` is the value
-    there after the write), ``norm`` and implements :meth:`embed`, :meth:`layer_inputs` and :meth:`unembed`.
+    there after the write), ``norm`` and implements ``embed(input_ids [B, T]) -> [B, T, D]``,
+    ``layer_inputs(positions [B, T], kv_mask [B, S], q_slots [T], index) -> [AttnInputs per layer]`` and
+    ``unembed(h [..., D]) -> float32 logits [..., V]``.
     Parameters follow HF names without the ``model.`` prefix (:func:`hf_name`).
     """
 
     NORM_IDENTITY = 1.0  # the norm weight that makes a norm a plain RMS normalisation (see `init_random`)
-
-    def embed(self, input_ids: Array) -> Array:
-        raise NotImplementedError
-
-    def layer_inputs(self, positions: Array, kv_mask: Array, q_slots: Array, index) -> list[AttnInputs]:
-        """Per-layer :class:`AttnInputs` for positions [B, T], key mask [B, S] and query slots [T]."""
-        raise NotImplementedError
-
-    def unembed(self, h: Array) -> Array:
-        raise NotImplementedError
 
     def __call__(self, input_ids: Array, attention_mask: Array | None = None) -> Array:
         """Logits [B, T, V] (float32) for token ids [B, T] and an optional 0/1 mask [B, T] (left padding)."""

@@ -20,6 +20,15 @@ class ConfigError(ValueError):
     """A checkpoint's configuration cannot be used; the message names the file and key."""
 
 
+def read_config_json(path: str | os.PathLike) -> dict[str, Any]:
+    """A ``config.json`` as a dict; invalid JSON raises :class:`ConfigError` naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: invalid JSON: {e}") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
     """RoPE frequency scaling (``rope_type`` ``linear`` or ``llama3``; ``default`` means none)."""
@@ -162,12 +171,7 @@ class ModelConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> ModelConfig:
-        try:
-            with open(path, encoding="utf-8") as f:
-                cfg = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: invalid JSON: {e}") from None
-        return cls.from_hf_dict(cfg, source=str(path))
+        return cls.from_hf_dict(read_config_json(path), source=str(path))
 
     def to_hf_dict(self) -> dict[str, Any]:
         """The HF ``config.json`` (old layout, read by transformers 4 and 5) for exporting a checkpoint."""

@@ -41,6 +41,7 @@ from mkejax.models.common import (
     attention_mask,
     cached_kv,
     param,
+    rms_normalise,
     rope_cos_sin,
 )
 from mkejax.models.gemma3_config import FULL, SLIDING, Gemma3Config
@@ -54,9 +55,7 @@ class GemmaRMSNorm(nnx.Module):
         self.eps = eps
 
     def __call__(self, x: Array) -> Array:
-        x32 = x.astype(jnp.float32)
-        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (x32 * (1.0 + self.weight[...].astype(jnp.float32))).astype(x.dtype)
+        return (rms_normalise(x, self.eps) * (1.0 + self.weight[...].astype(jnp.float32))).astype(x.dtype)
 
 
 class Gemma3Attention(nnx.Module):

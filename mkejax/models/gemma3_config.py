@@ -11,12 +11,17 @@ transformers' ``Gemma3TextConfig`` (the published 4B/12B/27B ``text_config`` obj
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from typing import Any
 
-from mkejax.models.config import ConfigError, RopeScaling, rope_inv_freq, rope_scaling_from_dict
+from mkejax.models.config import (
+    ConfigError,
+    RopeScaling,
+    read_config_json,
+    rope_inv_freq,
+    rope_scaling_from_dict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -202,12 +207,7 @@ class Gemma3Config:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> Gemma3Config:
-        try:
-            with open(path, encoding="utf-8") as f:
-                cfg = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: invalid JSON: {e}") from None
-        return cls.from_hf_dict(cfg, source=str(path))
+        return cls.from_hf_dict(read_config_json(path), source=str(path))
 
     def to_hf_dict(self) -> dict[str, Any]:
         """A flat ``Gemma3ForCausalLM`` ``config.json`` (the older rope keys, read by transformers 4.5x and 5)."""

@@ -32,6 +32,7 @@ from mkejax.models.common import (  # noqa: F401  (re-exported: the names caller
     init_random,
     param,
     positions_from_mask,
+    rms_normalise,
     rope_cos_sin,
 )
 from mkejax.models.config import ModelConfig
@@ -45,9 +46,7 @@ class RMSNorm(nnx.Module):
 
     def __call__(self, x: Array) -> Array:
         # As transformers' LlamaRMSNorm: normalise in float32, cast back, then scale.
-        x32 = x.astype(jnp.float32)
-        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return self.weight[...] * x32.astype(x.dtype)
+        return self.weight[...] * rms_normalise(x, self.eps).astype(x.dtype)
 
 
 class Attention(nnx.Module):
