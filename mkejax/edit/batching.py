@@ -89,6 +89,45 @@ def stack(batches: Sequence[EditBatch]) -> EditBatch:
     return jax.tree.map(lambda *xs: np.stack(xs), *batches)  # every leaf [L, ...]
 
 
+@dataclasses.dataclass(frozen=True)
+class Widths:
+    """What :func:`mkejax.edit.targets.target_values` may skip in a trimmed batch (static, multiples of 8):
+    the KL row's tokens lie in its last ``kl`` columns; the first ``prefix`` columns of every rewrite row come
+    before every edit position of the active requests (δ cannot change them: they are computed once)."""
+
+    kl: int
+    prefix: int = 0
+
+
+def trim_columns(b: EditBatch, multiple: int = 8) -> tuple[EditBatch, Widths]:
+    """``b`` without the token columns that are padding in every row, and the :class:`Widths` of the rest.
+
+    Rows are left-padded, so the dropped columns are the first ones; widths are rounded to ``multiple`` (few
+    distinct shapes, few compilations). Position ids count from each row's first real token, so the kept columns
+    compute the same values.
+    """
+    mask = np.asarray(b.attention_mask)  # [n, R, T]
+    t = mask.shape[-1]
+    width = min(t, round_up(int(mask.sum(-1).max()), multiple))
+    kl = min(width, round_up(int(mask[:, -1].sum(-1).max()), multiple))
+    off = t - width
+    pos = np.asarray(b.positions)[:, :-1] - off  # [n, P] rewrite rows' edit positions, trimmed
+    active = np.asarray(b.active)
+    first = int(pos[active].min()) if active.any() else 0
+    prefix = max(0, first) // multiple * multiple
+    widths = Widths(kl=kl, prefix=prefix)
+    if off == 0:
+        return b, widths
+    trimmed = dataclasses.replace(
+        b,
+        input_ids=np.asarray(b.input_ids)[..., off:],
+        attention_mask=mask[..., off:],
+        positions=np.maximum(np.asarray(b.positions) - off, 0),  # filler rows point at their one real token
+        target_positions=np.maximum(np.asarray(b.target_positions) - off, 0),  # target slots past the end: 0
+    )
+    return trimmed, widths
+
+
 def concat(batches: Sequence[EditBatch]) -> EditBatch:
     """Requests of batches of equal shapes (rows, tokens, targets) on one request axis; key weights of the first."""
     joined = jax.tree.map(lambda *xs: np.concatenate(xs), *batches)

@@ -157,20 +157,22 @@ def make_batches(
     buckets: Sequence[int] | None = None,
     batch_multiple: int = 1,
 ) -> list[Batch]:
-    """Sorts examples into (group, length bucket) batches of one fixed shape per bucket.
+    """Sorts examples into (group, length bucket) batches of one fixed shape per bucket and answer window.
 
     Every row is left-padded to its bucket length T, so its answer tokens end at the last column. A bucket's
     batches all have B rows: ``batch_size``, or for a bucket with fewer examples the next power of two that
     holds them (long-tail buckets of one or two very long examples then do not compute 32 copies). The last
     batch is filled with copies of its first row (``rows == -1``). So a whole evaluation compiles once per
-    bucket, never per batch.
+    bucket and window (a few powers of two), never per batch.
 
     Args:
       examples: the encoded examples.
       groups: per example, a group name; batches never mix groups (groups share their buckets' shapes).
       batch_size: most rows per batch.
-      window: K for every batch (capped at T - 1); None: per bucket, its longest answer rounded up to a
-        multiple of 8 (capped at T - 1).
+      window: K for every batch (capped at T - 1); None: per batch, its longest answer rounded up to a power
+        of two (capped at T - 1). Examples are sorted by answer length within a bucket, so that a batch of short
+        answers does not compute the logits of a long one's window (each window position costs a [D, V]
+        unembedding: for Gemma 3's 262k vocabulary as much as the rest of the forward).
       max_length: optional limit on tokens per example (e.g. the model's context); longer examples raise.
       names: per example, a label for error messages.
       buckets: bucket lengths to use (default: the ladder 8, 12, 16, 24, 32, 48, ...); examples longer than the
@@ -201,13 +203,15 @@ def make_batches(
     batches = []
     for t in sorted(set(bucket.tolist())):
         in_bucket = bucket == t
-        k = min(t - 1, _round_up(int(answers[in_bucket].max()), 8) if window is None else window)
         most = max(int(np.sum(in_bucket & (groups == g))) for g in names_of_groups)
         b = min(batch_size, _round_up(1 << (most - 1).bit_length(), batch_multiple))
         for group in names_of_groups:
             idx = np.flatnonzero(in_bucket & (groups == group))
+            idx = idx[np.argsort(answers[idx], kind="stable")]  # similar answer lengths share a batch
             for start in range(0, len(idx), b):
                 rows = idx[start : start + b]
+                longest = int(answers[rows].max())
+                k = min(t - 1, 1 << (longest - 1).bit_length() if window is None else window)
                 ids = np.zeros((b, t), np.int32)
                 mask = np.zeros((b, t), np.int32)
                 for r, i in enumerate(rows):  # once per evaluation set, not in the scoring loop

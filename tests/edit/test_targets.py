@@ -55,6 +55,26 @@ def test_batched_equals_single_requests(setup):
             np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5, err_msg=name)
 
 
+@pytest.mark.parametrize("fixture", ["setup", "gemma"])
+def test_trimmed_columns_and_short_kl_rows_change_no_value(fixture, request):
+    """A host batch is trimmed of its all-padding columns, runs its KL rows on their last k columns and the
+    columns before every edit position once (a key/value cache): the same target values as every column in every
+    step (a device batch)."""
+    model, tok, requests, _ = request.getfixturevalue(fixture)
+    padded = tokenize_requests(tok, requests, TEMPLATES, pad_to=2 * PAD)  # 64 columns, most of them padding
+    from mkejax.edit.batching import trim_columns
+
+    trimmed, widths = trim_columns(padded)
+    assert trimmed.input_ids.shape[-1] < 2 * PAD and widths.kl < trimmed.input_ids.shape[-1]
+    assert widths.prefix > 0  # the templates' words come before every subject: computed once
+    full = compute_targets(model, jax.tree.map(jnp.asarray, padded), HP, layer=LAYER)  # no trimming
+    fast = compute_targets(model, padded, HP, layer=LAYER)
+    np.testing.assert_array_equal(np.asarray(fast.steps), np.asarray(full.steps))
+    for name in ("z", "delta", "h", "loss", "nll"):
+        np.testing.assert_allclose(np.asarray(getattr(fast, name)), np.asarray(getattr(full, name)), rtol=2e-5,
+                                   atol=2e-6, err_msg=name)  # fmt: skip
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _injected_logits(graphdef, state, ids, mask, pos, vectors):
     inj = Injection(positions=pos, vectors=vectors, layer=LAYER)

@@ -85,8 +85,13 @@ def test_automatic_window_and_batch_sizes():
     # Answers of 2 tokens in short rows and 10 tokens in one long row; 5 short rows, 1 long one.
     examples = encode_pairs(tok, ["ab"] * 5 + ["abcdefghijklmno"], ["xy"] * 5 + ["abcdefghij"])
     batches = make_batches(examples, ["edit"] * 6, batch_size=4)
-    assert sorted(b.shape for b in batches) == [(1, 32, 16), (4, 8, 7), (4, 8, 7)]  # K = min(T - 1, 8·⌈n/8⌉)
+    # K = min(T - 1, the batch's longest answer rounded up to a power of two)
+    assert sorted(b.shape for b in batches) == [(1, 32, 16), (4, 8, 2), (4, 8, 2)]
     batches = make_batches(examples, ["edit"] * 6, batch_size=8, batch_multiple=4)
-    assert sorted(b.shape for b in batches) == [(4, 32, 16), (8, 8, 7)]
+    assert sorted(b.shape for b in batches) == [(4, 32, 16), (8, 8, 2)]
+    # within a bucket, batches hold similar answer lengths: 4 answers of 1 token and 4 of 5 tokens
+    mixed = encode_pairs(tok, ["ab"] * 8, ["x", "abcde"] * 4)
+    batches = make_batches(mixed, ["edit"] * 8, batch_size=4)
+    assert sorted(b.window for b in batches) == [1, 7]  # 5 -> 8, capped at T - 1 = 7
     with pytest.raises(ValueError, match="multiple of batch_multiple"):
         make_batches(examples, ["edit"] * 6, batch_size=6, batch_multiple=4)
