@@ -80,6 +80,11 @@ def _stage_flags(parser: argparse.ArgumentParser, *, params: bool) -> None:
         "--wait", type=float, default=None, metavar="SECONDS",
         help="wait up to SECONDS for another run holding the run directory (default: fail at once)",
     )  # fmt: skip
+    parser.add_argument(
+        "--reuse", action="append", default=[], metavar="RUN_DIR",
+        help="copy artefacts this run lacks from another run directory when their fingerprints match, e.g. the "
+        "statistics and target values of a MEMIT run for an AlphaEdit run (read only; repeatable)",
+    )  # fmt: skip
     if params:
         parser.add_argument(
             "--save-params", action="store_true",
@@ -140,7 +145,14 @@ def _run_stages(config, args, until: str) -> int:
     from mkejax.distributed import is_main_process
     from mkejax.runner import run
 
-    summary = run(config, resume=not args.no_resume, until=until, progress=not args.quiet, wait=args.wait)
+    summary = run(
+        config,
+        resume=not args.no_resume,
+        until=until,
+        progress=not args.quiet,
+        wait=args.wait,
+        reuse=args.reuse,
+    )
     if is_main_process():
         if summary.table is not None:
             print(summary.table, end="")

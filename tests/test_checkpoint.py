@@ -431,6 +431,49 @@ def test_store_pre_edit_style_cache_recovers_from_a_flipped_byte(tmp_path):
         np.testing.assert_array_equal(tree["pred"], pred)
 
 
+def _snapshot(root: pathlib.Path) -> dict[str, tuple[int, bytes]]:
+    """Every file under ``root`` with its modification time and content."""
+    return {
+        str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in root.rglob("*")
+        if p.is_file()
+    }
+
+
+def test_store_copies_matching_artefacts_from_a_source_and_never_changes_it(tmp_path):
+    source = ArtefactStore(tmp_path / "a", config_hash="memit")
+    c = np.arange(16.0, dtype=np.float32).reshape(4, 4)
+    source.get_or_compute("stats/layer4", {"layer": 4}, lambda: {"c": c})
+    source.get_or_compute("stats/layer5", {"layer": 5}, lambda: {"c": c + 1})
+    source.get_or_compute_json("templates/de", {"spec": 1}, lambda: _TEMPLATES)
+    _flip(_data_files(source.path("stats/layer5"))[-1])  # damaged in the source
+    before = _snapshot(tmp_path / "a")
+
+    store = ArtefactStore(tmp_path / "b", config_hash="alphaedit", sources=(tmp_path / "a",))
+    tree, cached = store.get_or_compute("stats/layer4", {"layer": 4}, lambda: 1 / 0)
+    assert cached and store.records[-1].reason == "hit"
+    np.testing.assert_array_equal(np.asarray(tree["c"]), c)
+    assert (store.path("stats/layer4") / MARKER).is_file()  # a local copy: this run stands alone
+    assert store.get_or_compute_json("templates/de", {"spec": 1}, lambda: 1 / 0) == (_TEMPLATES_JSON, True)
+    # another fingerprint in the source: computed here
+    tree, cached = store.get_or_compute("stats/layer4b", {"layer": 4, "tokens": 2}, lambda: {"c": 2 * c})
+    assert not cached
+    # a damaged source artefact: copied, found corrupt here, moved aside here, computed
+    tree, cached = store.get_or_compute("stats/layer5", {"layer": 5}, lambda: {"c": c + 1})
+    assert not cached and store.records[-1].reason == "corrupt"
+    assert (store.path("stats") / ".layer5.corrupt").is_dir()
+    assert _snapshot(tmp_path / "a") == before  # the source is read only
+    assert not [p for p in (tmp_path / "b" / "artefacts").rglob(".*tmp-*")]  # no temporaries left
+
+
+def test_store_sources_must_be_other_run_directories(tmp_path):
+    ArtefactStore(tmp_path / "a").get_or_compute_json("t", {}, lambda: 1)
+    with pytest.raises(ValueError, match="own artefacts"):
+        ArtefactStore(tmp_path / "a", sources=(tmp_path / "a",))
+    with pytest.raises(ValueError, match="not a run directory"):
+        ArtefactStore(tmp_path / "b", sources=(tmp_path / "nowhere",))
+
+
 @pytest.mark.parametrize("name", ["../x", "/abs", "a/./b", ".hidden", ""])
 def test_store_rejects_bad_names(tmp_path, name):
     with pytest.raises(ValueError, match="artefact name"):

@@ -6,13 +6,16 @@ import dataclasses
 import logging
 import os
 import pathlib
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from mkejax.atomic import remove_path, temp_sibling
 from mkejax.checkpoint import arrays, json_artefacts
-from mkejax.checkpoint.layout import read_metadata
+from mkejax.checkpoint.layout import read_metadata, sync
 from mkejax.checkpoint.settings import fingerprint
+from mkejax.distributed import is_main_process
 
 logger = logging.getLogger("mkejax.checkpoint")
 
@@ -34,16 +37,31 @@ class ArtefactStore:
       run_dir: the run directory.
       config_hash: stored in every artefact's metadata (which config produced it).
       log: a callable receiving one-line messages (default: this module's logger at INFO).
+      sources: other run directories to take artefacts from, read only: an artefact this store lacks is copied
+        from the first source holding a complete one with the same fingerprint (then read and verified here as
+        any other), so that e.g. an AlphaEdit run reuses the statistics, target values and pre-edit
+        predictions of a MEMIT run of the same model and data. Nothing in a source is ever changed.
     """
 
     def __init__(
-        self, run_dir: str | os.PathLike, *, config_hash: str | None = None, log: Callable | None = None
+        self,
+        run_dir: str | os.PathLike,
+        *,
+        config_hash: str | None = None,
+        log: Callable | None = None,
+        sources: tuple[str | os.PathLike, ...] = (),
     ):
         self.run_dir = pathlib.Path(run_dir)
         self.root = self.run_dir / "artefacts"
         self.config_hash = config_hash
         self.log = log or logger.info
         self.records: list[ArtefactRecord] = []
+        self.sources = tuple(pathlib.Path(s) for s in sources)
+        for source in self.sources:
+            if source.resolve() == self.run_dir.resolve():
+                raise ValueError(f"{source}: a run directory cannot reuse its own artefacts")
+            if not (source / "artefacts").is_dir():
+                raise ValueError(f"{source}: not a run directory with artefacts (no {source / 'artefacts'})")
 
     def path(self, name: str) -> pathlib.Path:
         """The directory of artefact ``name`` ("stats/layer4", "edits/de", ...)."""
@@ -64,9 +82,15 @@ class ArtefactStore:
         fp = fingerprint(settings)
         start = time.perf_counter()
         result, reason = load(path, fp, settings)
+        origin = ""
+        if result is None and self.sources:
+            source = self._copy_from_sources(name, fp)
+            if source is not None:
+                result, reason = load(path, fp, settings)  # verified here like any other artefact
+                origin = f" from {source}"
         if result is not None:
             value = result[0]
-            log(f"{name}: reused (fingerprint {fp[:12]})")
+            log(f"{name}: reused{origin} (fingerprint {fp[:12]})")
         else:
             if reason != "absent":
                 log(f"recomputing: {name} ({reason})")
@@ -77,6 +101,32 @@ class ArtefactStore:
             log(f"{name}: computed and saved (fingerprint {fp[:12]})")
         self.records.append(ArtefactRecord(name, result is not None, reason, time.perf_counter() - start))
         return value, result is not None
+
+    def _copy_from_sources(self, name: str, fp: str) -> pathlib.Path | None:
+        """Copies the complete artefact ``name`` with fingerprint ``fp`` from the first source that holds one into
+        this store (a temporary sibling renamed into place); returns that source, or None (none has it, or the
+        copy failed: logged, and the artefact is computed)."""
+        parts = self.path(name).relative_to(self.root).parts
+        source = next((s for s in self.sources
+                       if (read_metadata(s.joinpath("artefacts", *parts)) or {}).get("fingerprint") == fp), None)  # fmt: skip
+        if source is None:
+            return None
+        error = None
+        if is_main_process():
+            target = self.path(name)
+            tmp = temp_sibling(target)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copytree(source.joinpath("artefacts", *parts), tmp)
+                os.rename(tmp, target)
+            except OSError as e:
+                error = e
+                remove_path(tmp)
+        error = sync(f"copying artefact {name} from {source}", error)
+        if error is not None:
+            self.log(f"{name}: could not copy it from {source} ({error}); computing it")
+            return None
+        return source
 
     def get_or_compute(
         self,

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import pathlib
+import sys
 import time
 
 from mkejax.checkpoint import ArtefactRecord, ArtefactStore, canonical_json
@@ -31,15 +32,27 @@ _REASONS = {
 }
 
 
+def peak_rss_mb() -> float:
+    """This process' peak resident set size so far, in MiB (0.0 where ``resource`` is unavailable)."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return 0.0
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib / (1 << 20) if sys.platform == "darwin" else kib / 1024  # macOS reports bytes, Linux KiB
+
+
 @dataclasses.dataclass(frozen=True)
 class StageSummary:
-    """Wall and process CPU time of one stage and its artefacts: reused, and recomputed with the reason."""
+    """Wall and process CPU time of one stage, the process' peak resident memory at its end (the maximum so far,
+    in MiB: 0 where the platform does not say) and its artefacts: reused, and recomputed with the reason."""
 
     name: str
     seconds: float
     cpu_seconds: float
     cached: tuple[str, ...] = ()
     recomputed: tuple[tuple[str, str], ...] = ()
+    peak_rss_mb: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -62,10 +75,11 @@ class RunSummary:
 
     def format(self) -> str:
         """The closing summary: a table of time per stage, then one line per artefact."""
-        lines = [f"{'stage':<12} {'wall s':>8} {'cpu s':>8} {'cached':>7} {'recomputed':>11}"]
+        lines = [f"{'stage':<12} {'wall s':>8} {'cpu s':>8} {'cached':>7} {'recomputed':>11} {'peak MiB':>9}"]
         for s in self.stages:
             lines.append(
-                f"{s.name:<12} {s.seconds:8.1f} {s.cpu_seconds:8.1f} {len(s.cached):7d} {len(s.recomputed):11d}"
+                f"{s.name:<12} {s.seconds:8.1f} {s.cpu_seconds:8.1f} {len(s.cached):7d} {len(s.recomputed):11d} "
+                f"{s.peak_rss_mb:9.0f}"
             )
         total = sum(s.seconds for s in self.stages)
         lines.append(f"{'total':<12} {total:8.1f} {sum(s.cpu_seconds for s in self.stages):8.1f}")
@@ -92,14 +106,20 @@ class RunContext:
       run_dir: its run directory (prepared).
       fresh: the artefacts were deleted first (``--no-resume``): absent ones are reported as such.
       progress: tqdm bars (process 0 only).
+      reuse: other run directories whose artefacts are copied when their fingerprints match (read only; see
+        :class:`mkejax.checkpoint.ArtefactStore`).
     """
 
-    def __init__(self, config: ExperimentConfig, run_dir: pathlib.Path, *, fresh: bool, progress: bool):
+    def __init__(
+        self, config: ExperimentConfig, run_dir: pathlib.Path, *, fresh: bool, progress: bool, reuse=()
+    ):
         self.config = config
         self.run_dir = run_dir
         self.fresh = fresh
         self.progress = progress and is_main_process()
-        self.store = ArtefactStore(run_dir, config_hash=config.config_hash(), log=self._store_log)
+        self.store = ArtefactStore(
+            run_dir, config_hash=config.config_hash(), log=self._store_log, sources=tuple(reuse)
+        )
         self.stages: list[StageSummary] = []
         self.memo: dict = {}  # results of earlier stages (statistics, targets, edit sets, merges)
 
@@ -119,7 +139,7 @@ class RunContext:
             self.stages.append(StageSummary(
                 name, time.perf_counter() - start, time.process_time() - cpu,
                 tuple(r.name for r in records if r.cached),
-                tuple((r.name, self._reason(r)) for r in records if not r.cached),
+                tuple((r.name, self._reason(r)) for r in records if not r.cached), peak_rss_mb(),
             ))  # fmt: skip
 
     def _reason(self, record: ArtefactRecord) -> str:

@@ -1,8 +1,9 @@
 """Rollback and incremental languages for a whole run: the same experiment with a language removed or added.
 
-The new run directory starts with the source run's reusable artefacts — key statistics, every kept language's
-target values and context templates, the method's prepared statistics — so that their fingerprints make the new
-run reuse them: a removed language costs only the re-solved edits (with a shared covariance, the others are
+The new run reads the source run directory as a read-only source of artefacts (:class:`mkejax.checkpoint.
+ArtefactStore` ``sources``): whatever the new run needs and the source holds with the same fingerprint — key
+statistics, every kept language's target values and context templates, the method's prepared statistics, the
+pre-edit predictions — is copied instead of computed: a removed language costs only the re-solved edits (with a shared covariance, the others are
 re-solved with the smaller Gram), merges and scores; an added language also optimises its own target values.
 The result is that of a from-scratch run of the new language set (checked in the tests).
 """
@@ -11,14 +12,10 @@ from __future__ import annotations
 
 import os
 import pathlib
-import shutil
 from collections.abc import Sequence
 
 from mkejax.runner.context import RunSummary
-from mkejax.runner.lock import RunLock
-from mkejax.runner.rundir import ARTEFACTS, RunDirError, prepare_run_dir, run_config
-
-REUSABLE = ("stats", "targets", "templates", "projections")
+from mkejax.runner.rundir import RunDirError, run_config
 
 
 def change_languages(
@@ -60,14 +57,4 @@ def change_languages(
     raw["data"]["languages"] = langs
     raw["output_dir"] = str(out)
     new = config_from_dict(raw, source=f"{source} with languages {langs}")
-    with RunLock(out, wait=wait):
-        prepare_run_dir(new)
-        for sub in REUSABLE:  # their fingerprints decide what the new run reuses
-            if (source / ARTEFACTS / sub).is_dir():
-                shutil.copytree(
-                    source / ARTEFACTS / sub,
-                    out / ARTEFACTS / sub,
-                    dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns(".*"),
-                )  # not the moved-aside or temporary ones
-    return run(new, until=until, progress=progress, wait=wait)
+    return run(new, until=until, progress=progress, wait=wait, reuse=(source,))

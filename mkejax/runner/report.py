@@ -148,7 +148,7 @@ def _timings(run_dir: pathlib.Path, summary) -> list[str]:
     if summary is not None:
         stages = [
             {"name": s.name, "seconds": s.seconds, "cpu_seconds": s.cpu_seconds, "cached": s.cached,
-             "recomputed": s.recomputed}
+             "recomputed": s.recomputed, "peak_rss_mb": s.peak_rss_mb}
             for s in summary.stages
         ]  # fmt: skip
     else:
@@ -163,10 +163,12 @@ def _timings(run_dir: pathlib.Path, summary) -> list[str]:
             f"{s['cpu_seconds']:.1f}",
             str(len(s["cached"])),
             str(len(s["recomputed"])),
+            f"{s['peak_rss_mb']:.0f}" if s.get("peak_rss_mb") else "–",  # older summaries lack it
         ]
         for s in stages
     ]
-    return ["## Run", "", _md_table(["stage", "wall s", "CPU s", "reused", "computed"], rows), ""]
+    header = ["stage", "wall s", "CPU s", "reused", "computed", "peak RSS MiB (so far)"]
+    return ["## Run", "", _md_table(header, rows), ""]
 
 
 def write_run_report(

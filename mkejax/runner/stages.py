@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+from collections.abc import Sequence
 
 from mkejax.atomic import atomic_write_text
 from mkejax.config import ExperimentConfig
@@ -52,6 +54,7 @@ def run(
     until: str = "report",
     progress: bool = True,
     wait: float | None = None,
+    reuse: Sequence[str | os.PathLike] = (),
 ) -> RunSummary:
     """Runs an experiment up to stage ``until`` and returns its summary.
 
@@ -65,6 +68,9 @@ def run(
         reuse their artefacts.
       progress: tqdm bars per stage (process 0).
       wait: seconds to wait for another run holding the directory; None fails at once.
+      reuse: other run directories to copy artefacts from when their fingerprints match (statistics, target
+        values, projections, pre-edit predictions of another method's run on the same model and data); they are
+        read, never written.
     """
     if until not in STAGES:
         raise ValueError(f"unknown stage {until!r}; valid: {', '.join(STAGES)}")
@@ -77,7 +83,7 @@ def run(
                 shutil.rmtree(run_dir / ARTEFACTS)
                 (run_dir / ARTEFACTS).mkdir()
             barrier(f"mkejax-fresh:{run_dir}")
-        ctx = RunContext(config, run_dir, fresh=not resume, progress=progress)
+        ctx = RunContext(config, run_dir, fresh=not resume, progress=progress, reuse=reuse)
         results = table = path = None
         steps = {
             "load": load,
