@@ -298,17 +298,20 @@ def test_merge_jobs_and_names(setup):
 
 
 def test_alphaedit_reuses_statistics_and_targets_and_caches_projections(base, setup):
-    """AlphaEdit after MEMIT on the same requests and target settings: statistics and target values are reused;
-    the null-space projections P are written once under artefacts/projections and read back by a later run."""
+    """AlphaEdit after MEMIT on the same requests and target settings, in its own run directory reading the MEMIT
+    run's (``reuse``): statistics and target values are copied, not computed, and the MEMIT run is left as it
+    was; the null-space projections P are written once under artefacts/projections and read back by a later
+    run."""
     from runner_helpers import TINY_PRESET
 
     cfg0, _, _, _ = base
     target_fields = {k: v for k, v in TINY_PRESET.items() if k not in ("layers", "mom2_update_weight")}
     edit = {"method": "alphaedit", "preset": "tiny-llama", "overrides": target_fields}
     cfg = setup.config("alphaedit", edit=edit)
-    copy_run(cfg0.run_dir, cfg.run_dir)
-    summary = run(cfg, until="edits", progress=False)
+    source = {str(q): q.stat().st_mtime_ns for q in (cfg0.run_dir / "artefacts").rglob("*")}
+    summary = run(cfg, until="edits", progress=False, reuse=(cfg0.run_dir,))
     assert {"stats/layer1", "stats/layer2", "targets/en", "targets/de", "targets/fr"} <= set(summary.cached)
+    assert {str(q): q.stat().st_mtime_ns for q in (cfg0.run_dir / "artefacts").rglob("*")} == source
     projections = {"projections/layer1", "projections/layer2"}
     assert _names(summary.recomputed) == {"edits/own_en-de-fr", "edits/shared_en-de-fr"} | projections
     assert sorted(p.name for p in (cfg.run_dir / "artefacts" / "projections").iterdir()) == [
