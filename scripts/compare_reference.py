@@ -200,17 +200,24 @@ def best_torch_threads(model, tok, threads: str) -> dict:
 # Children
 
 
+def reference_child(args, work: pathlib.Path):
+    """What both reference children start with: the settings, the reference's modules, the torch model and
+    tokenizer, the peak RSS after loading it and the torch thread count chosen."""
+    settings = json.loads((work / "settings.json").read_text())
+    memit_main, layer_stats_mod = import_reference(pathlib.Path(args.reference))
+    model, tok = torch_model(settings["gguf"])
+    rss_load = maxrss_mb()
+    threads = best_torch_threads(model, tok, args.torch_threads)
+    return settings, memit_main, layer_stats_mod, model, tok, rss_load, threads
+
+
 def child_ref_stats(args, work: pathlib.Path) -> dict:
     import datasets
     import numpy as np
     import torch
     from tqdm.auto import tqdm
 
-    settings = json.loads((work / "settings.json").read_text())
-    _, layer_stats_mod = import_reference(pathlib.Path(args.reference))
-    model, tok = torch_model(settings["gguf"])
-    rss_load = maxrss_mb()
-    threads = best_torch_threads(model, tok, args.torch_threads)
+    settings, _, layer_stats_mod, model, tok, rss_load, threads = reference_child(args, work)
     docs = json.loads((work / "docs.json").read_text())
     table = datasets.Dataset.from_dict({"text": docs})
     layer_stats_mod.load_dataset = lambda name, config=None, **kw: {"train": table}  # patch 5
@@ -331,14 +338,10 @@ def child_ref_edit(args, work: pathlib.Path) -> dict:
     import numpy as np
     import torch
 
-    settings = json.loads((work / "settings.json").read_text())
-    memit_main, _ = import_reference(pathlib.Path(args.reference))
-    from memit.compute_z import find_fact_lookup_idx  # the reference's own lookup
+    settings, memit_main, _, model, tok, rss_load, threads = reference_child(args, work)
+    from memit.compute_z import find_fact_lookup_idx  # the reference's own lookup (imported: reference_child)
     from memit.memit_hparams import MEMITHyperParams
 
-    model, tok = torch_model(settings["gguf"])
-    rss_load = maxrss_mb()
-    threads = best_torch_threads(model, tok, args.torch_threads)
     requests = json.loads((work / "requests.json").read_text())
     cov = np.load(work / "mk-stats.npz")
     memit_main.get_cov = lambda model, tok, layer_name, *a, **kw: torch.from_numpy(  # patch 3

@@ -23,8 +23,8 @@ result equals per-request runs. The layers below L run once; every step starts f
 and runs layers L .. v_loss_layer with δ injected at layer L's site, on the columns δ can change only: a host
 batch is trimmed of its all-padding columns, its KL rows (a short prompt) run on their own width, and the
 rewrite rows' columns before every edit position are run once into a key/value cache that the steps' attention
-reads (:func:`mkejax.edit.batching.trim_columns`; measured 1.47x on SmolLM2, same z within float32 noise). One optimisation is one
-``lax.while_loop`` under one ``jit``; :func:`compute_targets` runs it over request batches of a fixed size, so
+reads (:func:`mkejax.edit.batching.trim_columns`; measured 1.47x on SmolLM2, same z within float32 noise). One
+optimisation is one ``lax.while_loop`` under one ``jit``; :func:`compute_targets` runs it over request batches of a fixed size, so
 memory is set by the batch size, not by the number of requests.
 
 Deliberate differences from the reference (AlphaEdit repository, ``memit/compute_z.py``): target tokens carry no
@@ -95,9 +95,8 @@ class _Setup:
     base_rw: Array  # [nP, T, D] input of layer L, rewrite rows
     base_kl: Array  # [n, k, D] input of layer L, KL rows (their last k columns)
     h: Array  # [n, D] float32 unedited site value at the bare prompt's edit position
-    cache: (
-        KVCache | None
-    )  # keys/values of layers L .. v_loss_layer at the first `prefix` columns (rewrite rows)
+    # keys/values of layers L .. v_loss_layer at the first `prefix` columns of the rewrite rows (None: no prefix)
+    cache: KVCache | None
 
 
 def _rows(batch: EditBatch, widths: batching.Widths | None):
@@ -123,17 +122,18 @@ def target_setup(
     p, s = rows - 1, (0 if widths is None else widths.prefix)
     # Layers below L run once: their output (layer L's input) is kept; layer L runs in every step, since δ is
     # added at its edit site, which for a post-norm family (Gemma 3) lies inside the layer.
+    rw, kl = _rows(batch, widths)
     below_rw, below_kl = (
         model.forward(i, m, deltas=deltas, stop_layer=layer, return_hidden_after=layer - 1,
                       capture_layers=(layer,), capture_positions=q)
-        for i, m, q in _rows(batch, widths)
+        for i, m, q in (rw, kl)
     )  # fmt: skip
     base_rw = jax.lax.stop_gradient(below_rw.hidden)
     d = base_rw.shape[-1]
     h = jax.lax.stop_gradient(below_rw.outputs[layer].reshape(n, p, d)[:, 0].astype(jnp.float32))
     cache = None
     if s:  # the prefix columns come before every edit position: δ cannot change them
-        (ids, mask, _), _ = _rows(batch, widths)
+        ids, mask, _ = rw
         cache = model.forward(ids[:, :s], mask, deltas=deltas, start_layer=layer, start_hidden=base_rw[:, :s],
                               stop_layer=hp.v_loss_layer, cache=model.init_cache(n * p, t)).cache  # fmt: skip
         cache = jax.lax.stop_gradient(cache)
@@ -257,7 +257,7 @@ def compute_targets(
     deltas: dict[int, Array] | None = None,
     place=None,
 ) -> Targets:
-    """Jitted :func:`target_values` for an NNX model (compiled once per shapes / layer / hparams / KL width).
+    """Jitted :func:`target_values` for an NNX model (compiled once per shapes / layer / hparams / widths).
 
     A host batch (NumPy arrays) is first trimmed of its all-padding columns and measured for the work δ cannot
     change (:func:`batching.trim_columns`: the values stay, the work shrinks) and then put on the devices by

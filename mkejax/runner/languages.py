@@ -1,10 +1,11 @@
 """Rollback and incremental languages for a whole run: the same experiment with a language removed or added.
 
-The new run reads the source run directory as a read-only source of artefacts (:class:`mkejax.checkpoint.
-ArtefactStore` ``sources``): whatever the new run needs and the source holds with the same fingerprint — key
-statistics, every kept language's target values and context templates, the method's prepared statistics, the
-pre-edit predictions — is copied instead of computed: a removed language costs only the re-solved edits (with a shared covariance, the others are
-re-solved with the smaller Gram), merges and scores; an added language also optimises its own target values.
+The new run reads the source run directory as a read-only source of artefacts (``sources`` of
+:class:`mkejax.checkpoint.ArtefactStore`): whatever the new run needs and the source holds with the same
+fingerprint — key statistics, every kept language's target values and context templates, the method's prepared
+statistics, the pre-edit predictions — is copied instead of computed: a removed language costs only the re-solved
+edits (with a shared covariance, the others are re-solved with the smaller Gram), merges and scores; an added
+language also optimises its own target values.
 The result is that of a from-scratch run of the new language set (checked in the tests).
 """
 
