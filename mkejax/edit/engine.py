@@ -42,6 +42,7 @@ from mkejax.edit.solvers import check_matrix, compute_dtype, singular_tol, use_f
 from mkejax.edit.stats import KeyStatistics, check_moment
 from mkejax.edit.targets import Targets, given_targets, optimise_targets
 from mkejax.edit.templates import ContextTemplates, context_templates
+from mkejax.hostmem import compile_then_release
 from mkejax.models.deltas import down_proj_path
 
 log = logging.getLogger(__name__)
@@ -225,10 +226,11 @@ def edit_languages(
             raise ValueError(f"extra_gram[{name!r}]: {g.shape[0]} languages, expected {L}")
         extra[name] = g
     use64 = use_float64(precision)
-    deltas, keys, ratios, finite = layer_schedule(
-        graphdef, state, stacks, jnp.asarray(z), jnp.asarray(active), {k: dict(v) for k, v in aux.items()}, extra,
-        dict(method.hparams), kernel=method.kernel, units=units, layers=layers, shared=bool(shared_cov),
-        lang_batch=lang_batch, request_batch=request_batch, use64=use64, mesh=mesh,
+    deltas, keys, ratios, finite = compile_then_release(
+        layer_schedule, graphdef, state, stacks, jnp.asarray(z), jnp.asarray(active),
+        {k: dict(v) for k, v in aux.items()}, extra, dict(method.hparams), kernel=method.kernel, units=units,
+        layers=layers, shared=bool(shared_cov), lang_batch=lang_batch, request_batch=request_batch, use64=use64,
+        mesh=mesh,
     )  # fmt: skip
     _check_solves(ratios, finite, langs, method, bool(shared_cov), singular_tol(compute_dtype(use64)))
     diags = {it.name: diagnostics(it.requests, it.edited, found.get(i)) for i, it in enumerate(items)}

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mkejax.hostmem import release_host_memory
 from mkejax.models.common import DecoderLM, hf_name
 from mkejax.models.config import ConfigError
 from mkejax.models.families import AnyConfig, build_model, config_from_hf_dict, is_multimodal, text_tower_refs
@@ -89,7 +90,9 @@ def load_model(
         tensors = safetensors_refs(src.path)
         if is_multimodal(_raw_config(src.path)):
             tensors = text_tower_refs(tensors)
-    return model_from_tensors(cfg, tensors, dtype=dtype, mesh=mesh, origin=str(src.path))
+    model = model_from_tensors(cfg, tensors, dtype=dtype, mesh=mesh, origin=str(src.path))
+    release_host_memory()  # the dequantised / converted host copies are gone
+    return model
 
 
 def load_tokenizer(source: str | os.PathLike):
