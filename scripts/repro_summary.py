@@ -22,6 +22,7 @@ import pandas as pd
 
 METRICS = ("reliability", "generality", "locality", "portability")
 VARIANTS = [(m, s) for m in ("sum", "mean", "tsvm") for s in (False, True)]
+NAMES = {"memit": "MEMIT", "alphaedit": "AlphaEdit", "emmet": "EMMET"}
 SLOW_LANGS = ("th", "vi")  # where the paper finds the merge matters most
 
 
@@ -210,7 +211,7 @@ def main():
         sweeps, by_alpha, by_rank = sweep_tables(df, langs)
         cl, _ = cross_lingual(df, langs)
         n = int(df.loc[(df["edit_lang"] == "none") & (df["metric"] == "reliability"), "n"].max())
-        parts += [f"### {method.upper()} ({run.name}, {n} requests per language)", "",
+        parts += [f"### {NAMES.get(method, method)} ({run.name}, {n} requests per language)", "",
                   "Merged edits at α = 1 (TSVM rank ratio 1/L); values in %; per-language columns: reliability.", "",
                   table, "", sweeps, "", cl, "", "Findings of the paper, checked on this run:", "",
                   *findings(scores, by_alpha, by_rank, langs), "", "Cost on this machine:", "", timings(summary), ""]  # fmt: skip
