@@ -140,7 +140,8 @@ def test_bad_inputs(tiny):
 
 @pytest.mark.multidevice
 def test_data_parallel_equals_single_device(tiny_checkpoint, tmp_path):
-    """8 simulated devices on the mesh's data axis (rows padded 6 -> 8) give the single-device result."""
+    """8 simulated devices on the mesh's data axis (rows padded 6 -> 8) give the single-device result
+    (normwise: max |difference| <= 1e-5 max |C|)."""
     script = textwrap.dedent(f"""
         import os, sys
         os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
@@ -157,7 +158,10 @@ def test_data_parallel_equals_single_device(tiny_checkpoint, tmp_path):
         eight = key_statistics(model, data, layers=LAYERS, progress=False, mesh=make_mesh())
         for l in LAYERS:
             assert len(eight[l].sharding.device_set) == 8
-            np.testing.assert_allclose(np.asarray(eight[l]), np.asarray(one[l]), rtol=1e-5, atol=1e-8)
+            # normwise: float32 sums in another order (8 devices' partial sums) move the small entries by a few
+            # ulps of the matrix's scale (measured: 2.4e-8 on entries of 2e-4, max |C| 0.037, on one CPU type)
+            a, b = np.asarray(eight[l]), np.asarray(one[l])
+            assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max(), (l, np.abs(a - b).max(), np.abs(b).max())
         print("ok")
     """)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
