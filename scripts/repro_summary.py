@@ -23,7 +23,6 @@ import pandas as pd
 METRICS = ("reliability", "generality", "locality", "portability")
 VARIANTS = [(m, s) for m in ("sum", "mean", "tsvm") for s in (False, True)]
 NAMES = {"memit": "MEMIT", "alphaedit": "AlphaEdit", "emmet": "EMMET"}
-SLOW_LANGS = ("th", "vi")  # where the paper finds the merge matters most
 
 
 def label(merge: str, shared: bool) -> str:
